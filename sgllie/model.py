@@ -1,0 +1,146 @@
+"""SGZ's enhancement-factor network (EFE) and recurrent enhancement (RIE), built on sgllie.ops."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+from .io import atomic_write
+
+WIDTH = 32          # the reference's number_f
+ITERATIONS = 8      # steps of the LE curve
+CHECKPOINT_FORMAT = "sgllie.EnhanceNet"
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "sgllie_default.pth"
+
+
+class DSC(nn.Module):
+    """Depthwise-separable block: 3x3 depthwise + 1x1 pointwise, both with bias (reference layout)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.depth_conv = nn.Conv2d(cin, cin, 3, padding=1, groups=cin)
+        self.point_conv = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: Tensor, x2: Tensor | None = None, relu: bool = False) -> Tensor:
+        return ops.dsconv2d(x, self.depth_conv.weight, self.depth_conv.bias, self.point_conv.weight,
+                            self.point_conv.bias, x2=x2, relu=relu)
+
+
+class TC(nn.Module):
+    """The reference's 'tc' ablation: one plain 3x3 conv per block."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x: Tensor, x2: Tensor | None = None, relu: bool = False) -> Tensor:
+        y = self.conv(x if x2 is None else torch.cat([x, x2], 1))
+        return F.relu(y) if relu else y
+
+
+BLOCKS = {"dsc": DSC, "tc": TC}
+
+
+class EnhanceNet(nn.Module):
+    """SGZ's network. ``forward(x)`` returns (enhanced, r) exactly as the reference code.
+
+    Images are (N, 3, H, W) in [0, 1]. With scale_factor s > 1 the factor map is estimated on the
+    image downscaled by s and upsampled back; H and W that are not multiples of s are reflect-padded
+    and cropped back (the reference requires multiples of s and crops its inputs instead).
+    """
+
+    def __init__(self, scale_factor: int = 1, conv_type: str = "dsc"):
+        super().__init__()
+        if conv_type not in BLOCKS:
+            raise ValueError(f"conv_type must be one of {sorted(BLOCKS)}, got {conv_type!r}")
+        if isinstance(scale_factor, bool) or not isinstance(scale_factor, int) or scale_factor < 1:
+            raise ValueError(f"scale_factor must be a positive int, got {scale_factor!r}")
+        self.scale_factor = scale_factor
+        self.conv_type = conv_type
+        block = BLOCKS[conv_type]
+        self.e_conv1 = block(3, WIDTH)
+        self.e_conv2 = block(WIDTH, WIDTH)
+        self.e_conv3 = block(WIDTH, WIDTH)
+        self.e_conv4 = block(WIDTH, WIDTH)
+        self.e_conv5 = block(2 * WIDTH, WIDTH)
+        self.e_conv6 = block(2 * WIDTH, WIDTH)
+        self.e_conv7 = block(2 * WIDTH, 3)
+
+    def factor_map(self, x: Tensor) -> Tensor:
+        """r at the network's working resolution (H/s, W/s); x's H, W must be multiples of s."""
+        s = self.scale_factor
+        x_down = x if s == 1 else F.interpolate(x, scale_factor=1 / s, mode="bilinear")
+        x1 = self.e_conv1(x_down, relu=True)
+        x2 = self.e_conv2(x1, relu=True)
+        x3 = self.e_conv3(x2, relu=True)
+        x4 = self.e_conv4(x3, relu=True)
+        x5 = self.e_conv5(x3, x4, relu=True)
+        x6 = self.e_conv6(x2, x5, relu=True)
+        return torch.tanh(self.e_conv7(x1, x6))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        padded, (h, w) = self._pad(x)
+        r = self.factor_map(padded)
+        enhanced = ops.le_curve(padded, r, ITERATIONS)
+        if r.shape[-2:] != padded.shape[-2:]:
+            r = ops.reference.upsample_factor_map(r, tuple(padded.shape[-2:]))
+        return enhanced[..., :h, :w], r[..., :h, :w]
+
+    def enhance(self, x: Tensor) -> Tensor:
+        """The enhanced image only: the full-size factor map is never materialised."""
+        padded, (h, w) = self._pad(x)
+        return ops.le_curve(padded, self.factor_map(padded), ITERATIONS)[..., :h, :w]
+
+    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        ops.check.tensor4d("EnhanceNet", "x", x, channels=3)
+        h, w = x.shape[-2:]
+        s = self.scale_factor
+        ph, pw = -h % s, -w % s
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        return x, (h, w)
+
+
+def save_checkpoint(model: EnhanceNet, path: str | os.PathLike, **meta) -> None:
+    """Write the model's weights atomically in sgllie's format (with conv_type and any ``meta``)."""
+    payload = {"format": CHECKPOINT_FORMAT, "version": 1, "conv_type": model.conv_type,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, str, dict]:
+    """(state_dict, conv_type, meta) from an sgllie or a reference checkpoint (a plain state_dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+        return data["state_dict"], data["conv_type"], data.get("meta", {})
+    if isinstance(data, dict) and "e_conv1.depth_conv.weight" in data:
+        return data, "dsc", {"source": "reference checkpoint"}
+    if isinstance(data, dict) and "e_conv1.conv.weight" in data:
+        return data, "tc", {"source": "reference checkpoint"}
+    raise ValueError(f"{path}: not an SGZ checkpoint (neither sgllie's format nor the reference's "
+                     "e_conv1..e_conv7 state_dict)")
+
+
+def load_model(path: str | os.PathLike | None = None, scale_factor: int = 12,
+               device: str | torch.device | None = None) -> EnhanceNet:
+    """An EnhanceNet in eval mode with the packaged default weights or the checkpoint at ``path``."""
+    path = DEFAULT_WEIGHTS if path is None else Path(path)
+    state, conv_type, meta = read_checkpoint(path)
+    model = EnhanceNet(scale_factor=scale_factor, conv_type=conv_type)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit EnhanceNet({conv_type!r}): {e}") from None
+    model.meta = meta
+    return model.to(device or "cpu").eval()

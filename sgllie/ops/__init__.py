@@ -1,0 +1,130 @@
+"""sgllie.ops: the fused ops of SGZ, one function per op, each a ``torch.library`` custom op.
+
+Every function checks its arguments, picks a backend (``backend=`` argument, ``use_backend`` context,
+``SGLLIE_BACKEND`` environment variable, or automatically by device) and calls ``torch.ops.sgllie.*``.
+``sgllie.ops.reference`` holds the plain PyTorch oracle of each op.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from . import _checks as check
+from . import _library, reference
+from ._backends import (BackendUnavailableError, available_backends, backend_status, resolve,
+                        use_backend)
+from ._checks import OpInputError
+
+__all__ = [
+    "dsconv2d", "le_curve", "spatial_consistency_loss", "exposure_loss", "color_constancy_loss",
+    "tv_loss", "zero_reference_loss", "available_backends", "backend_status", "use_backend",
+    "reference", "OpInputError", "BackendUnavailableError",
+]
+
+SPA_PATCHES = (3, 4, 5)  # the reference's allowed spatial-consistency patch sizes
+
+
+def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, pw_bias: Tensor, *,
+             x2: Tensor | None = None, relu: bool = False, backend: str | None = None) -> Tensor:
+    """Depthwise 3x3 conv (padding 1) then pointwise 1x1 conv, both with bias, optional ReLU.
+
+    With ``x2`` the input is the channel concatenation ``[x, x2]``, read from the two tensors.
+    Shapes: x (N, C1, H, W), x2 (N, C2, H, W), dw_weight (C, 1, 3, 3), dw_bias (C,),
+    pw_weight (O, C, 1, 1), pw_bias (O,) with C = C1 + C2.
+    """
+    op = "dsconv2d"
+    check.tensor4d(op, "x", x)
+    c = x.shape[1]
+    if x2 is not None:
+        check.tensor4d(op, "x2", x2)
+        if x2.shape[0] != x.shape[0] or x2.shape[2:] != x.shape[2:]:
+            check._fail(op, f"x2 of shape {tuple(x2.shape)} does not match x of shape {tuple(x.shape)} "
+                            "outside the channel dimension")
+        c += x2.shape[1]
+    check.shape(op, "dw_weight", dw_weight, (c, 1, 3, 3))
+    check.shape(op, "dw_bias", dw_bias, (c,))
+    if not isinstance(pw_weight, Tensor) or pw_weight.dim() != 4:
+        check._fail(op, "pw_weight must be a 4-D tensor (O, C, 1, 1)")
+    check.shape(op, "pw_weight", pw_weight, (pw_weight.shape[0], c, 1, 1))
+    check.shape(op, "pw_bias", pw_bias, (pw_weight.shape[0],))
+    check.same_device_dtype(op, x=x, x2=x2, dw_weight=dw_weight, dw_bias=dw_bias, pw_weight=pw_weight,
+                            pw_bias=pw_bias)
+    check.finite(op, x=x, x2=x2)
+    return _library.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, bool(relu),
+                             resolve(op, backend, x.device))
+
+
+def le_curve(x: Tensor, r: Tensor, iterations: int = 8, *, backend: str | None = None) -> Tensor:
+    """``iterations`` steps of ``x = x + r * (x^2 - x)`` (SGZ's recurrent enhancement).
+
+    ``r`` has x's batch and channels; if its H, W are smaller it is upsampled to x's size
+    (bilinear, align_corners=True, as the reference's UpsamplingBilinear2d) inside the op.
+    """
+    op = "le_curve"
+    check.tensor4d(op, "x", x)
+    check.tensor4d(op, "r", r)
+    if r.shape[:2] != x.shape[:2] or r.shape[2] > x.shape[2] or r.shape[3] > x.shape[3]:
+        check._fail(op, f"r of shape {tuple(r.shape)} must have x's batch and channels and at most its "
+                        f"height and width; x has shape {tuple(x.shape)}")
+    check.positive_int(op, "iterations", iterations)
+    check.same_device_dtype(op, x=x, r=r)
+    check.finite(op, x=x, r=r)
+    return _library.le_curve(x, r, iterations, resolve(op, backend, x.device))
+
+
+def _check_loss_pair(op: str, y: Tensor, i: Tensor, patch: int) -> None:
+    check.positive_int(op, "patch", patch, SPA_PATCHES)
+    check.tensor4d(op, "y", y, channels=3, min_size=patch)
+    check.tensor4d(op, "i", i, channels=3, min_size=patch)
+    if y.shape != i.shape:
+        check._fail(op, f"y of shape {tuple(y.shape)} and i of shape {tuple(i.shape)} must match")
+    check.same_device_dtype(op, y=y, i=i)
+    check.finite(op, y=y, i=i)
+
+
+def _check_exposure(op: str, y: Tensor, level: float, patch: int) -> None:
+    check.positive_int(op, "exposure patch", patch)
+    if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0.0 <= level <= 1.0:
+        check._fail(op, f"level must be a number in [0, 1], got {level!r}")
+    check.tensor4d(op, "y", y, channels=3, min_size=patch)
+
+
+def spatial_consistency_loss(y: Tensor, i: Tensor, patch: int = 4, *, backend: str | None = None) -> Tensor:
+    """SGZ's spa8 loss between the enhanced image ``y`` and the input ``i`` (both (N, 3, H, W))."""
+    op = "spatial_consistency_loss"
+    _check_loss_pair(op, y, i, patch)
+    return _library.spatial_consistency_loss(y, i, patch, resolve(op, backend, y.device))
+
+
+def exposure_loss(y: Tensor, level: float = 0.6, patch: int = 16, *, backend: str | None = None) -> Tensor:
+    """Mean of (patch-mean grey level - ``level``)^2 over ``patch`` x ``patch`` patches of ``y``."""
+    op = "exposure_loss"
+    _check_exposure(op, y, level, patch)
+    check.finite(op, y=y)
+    return _library.exposure_loss(y, float(level), patch, resolve(op, backend, y.device))
+
+
+def color_constancy_loss(y: Tensor, *, backend: str | None = None) -> Tensor:
+    """Batch mean of sqrt((mR-mG)^4 + (mR-mB)^4 + (mB-mG)^4) over the channel means of ``y``."""
+    op = "color_constancy_loss"
+    check.tensor4d(op, "y", y, channels=3)
+    check.finite(op, y=y)
+    return _library.color_constancy_loss(y, resolve(op, backend, y.device))
+
+
+def tv_loss(r: Tensor, *, backend: str | None = None) -> Tensor:
+    """Total-variation (illumination smoothness) loss of the factor map ``r`` (H, W >= 2)."""
+    op = "tv_loss"
+    check.tensor4d(op, "r", r, min_size=2)
+    check.finite(op, r=r)
+    return _library.tv_loss(r, resolve(op, backend, r.device))
+
+
+def zero_reference_loss(y: Tensor, i: Tensor, *, patch: int = 4, level: float = 0.6,
+                        exposure_patch: int = 16, backend: str | None = None
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """(spa, exp, col): spatial consistency, exposure and colour losses of ``y`` in one call."""
+    op = "zero_reference_loss"
+    _check_loss_pair(op, y, i, patch)
+    _check_exposure(op, y, level, exposure_patch)
+    return _library.zero_reference_loss(y, i, patch, float(level), exposure_patch,
+                                        resolve(op, backend, y.device))

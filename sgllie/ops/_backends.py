@@ -1,0 +1,121 @@
+"""The one place that knows the backends: what each runs on, whether it loaded, and which one a call uses.
+
+A backend is a module exposing the kernels of every op under the names used in ``reference.py``
+(``le_curve``, ``le_curve_backward``, ...). Precedence for a call: the ``backend=`` argument, then the
+innermost ``use_backend`` context, then the ``SGLLIE_BACKEND`` environment variable, then ``auto``:
+the first available backend in ``PREFERENCE`` for the tensors' device.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    module: str                  # module holding the kernels
+    devices: tuple[str, ...]     # device types it runs on; () means any
+    needs: str                   # what a user needs for it, shown when it is missing
+
+
+BACKENDS = {
+    b.name: b for b in (
+        Backend("reference", "sgllie.ops.reference", (), "nothing (plain PyTorch)"),
+        Backend("cpu", "sgllie.ops._cpu", ("cpu",), "the compiled extension sgllie._C"),
+        Backend("triton", "sgllie.kernels", ("cuda",), "triton and a CUDA GPU"),
+        Backend("cuda", "sgllie.ops._cuda", ("cuda",), "sgllie._C built with CUDA and a CUDA GPU"),
+    )
+}
+# auto: the fastest first, per device type
+PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("sgllie_backend", default=None)
+
+
+class BackendUnavailableError(RuntimeError):
+    pass
+
+
+@functools.cache
+def load(name: str) -> tuple[ModuleType | None, str]:
+    """(kernel module, "") if backend ``name`` can run here, else (None, why not)."""
+    backend = BACKENDS[name]
+    if "cuda" in backend.devices and not torch.cuda.is_available():
+        return None, "no CUDA device is available"
+    try:
+        module = importlib.import_module(backend.module)
+    except ModuleNotFoundError as e:
+        if e.name == backend.module:
+            return None, "not part of this version of sgllie"
+        return None, f"needs {backend.needs}: {e}"
+    except Exception as e:  # a broken build must not break the package: report it, fall back
+        return None, f"failed to load ({type(e).__name__}: {e})"
+    why_not = getattr(module, "unavailable_reason", lambda: "")()
+    return (None, why_not) if why_not else (module, "")
+
+
+def available_backends() -> list[str]:
+    """Names of the backends this install can run, in the order ``auto`` prefers them."""
+    return [name for name in BACKENDS if load(name)[0] is not None]
+
+
+def backend_status() -> dict[str, str]:
+    """Each backend's name mapped to "available" or the reason it is not."""
+    return {name: load(name)[1] or "available" for name in BACKENDS}
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the ops in this block on backend ``name`` ("auto" restores automatic choice)."""
+    _check_name(name, "use_backend")
+    token = _override.set(name)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def _check_name(name: str, where: str) -> None:
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"{where}: unknown backend {name!r}; choose from 'auto', "
+                         + ", ".join(repr(n) for n in BACKENDS))
+
+
+def resolve(op: str, requested: str | None, device: torch.device) -> str:
+    """The backend that runs ``op`` on tensors of ``device``, or a clear error why none can."""
+    where = "argument backend="
+    name = requested
+    if name is None:
+        name, where = _override.get(), "use_backend()"
+    if name is None:
+        name, where = os.environ.get("SGLLIE_BACKEND") or "auto", "SGLLIE_BACKEND"
+    _check_name(name, f"sgllie.ops.{op} ({where})")
+    if name == "auto":
+        for candidate in PREFERENCE.get(device.type, ("reference",)):
+            if load(candidate)[0] is not None:
+                return candidate
+        return "reference"
+    module, why_not = load(name)
+    if module is None:
+        raise BackendUnavailableError(f"sgllie.ops.{op}: backend {name!r} (from {where}) is not available: "
+                                      f"{why_not}. Available: {', '.join(available_backends())}")
+    devices = BACKENDS[name].devices
+    if devices and device.type not in devices:
+        raise BackendUnavailableError(f"sgllie.ops.{op}: backend {name!r} (from {where}) runs on "
+                                      f"{'/'.join(devices)} tensors, got a {device.type} tensor")
+    return name
+
+
+def kernels(name: str) -> ModuleType:
+    module, why_not = load(name)
+    if module is None:
+        raise BackendUnavailableError(f"backend {name!r} is not available: {why_not}")
+    return module

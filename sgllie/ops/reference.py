@@ -1,0 +1,179 @@
+"""Plain PyTorch reference for every sgllie op: the oracle all fused backends are tested against.
+
+Forward functions follow the SGZ reference code literally (see SPEC.md in the project notes) and are
+differentiable by autograd. The ``*_backward`` functions are the same gradients written out by hand;
+they are the kernels of the ``reference`` backend (a custom op's kernel runs below autograd, so it
+cannot differentiate its own forward) and double as a readable spec for the fused backward kernels.
+Tests check each of them against autograd through the forward function.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Spatial-consistency neighbours (dy, dx) with their weights: 4 axial at 1, 4 diagonal at 0.5.
+SPA_NEIGHBOURS = (
+    ((0, -1), 1.0), ((0, 1), 1.0), ((-1, 0), 1.0), ((1, 0), 1.0),
+    ((-1, -1), 0.5), ((-1, 1), 0.5), ((1, -1), 0.5), ((1, 1), 0.5),
+)
+
+
+# ----------------------------------------------------------------------------- dsconv2d
+def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, pw_bias: Tensor,
+             x2: Tensor | None = None, relu: bool = False) -> Tensor:
+    """Depthwise 3x3 (padding 1) then pointwise 1x1, both with bias; input cat([x, x2]) if x2."""
+    if x2 is not None:
+        x = torch.cat([x, x2], 1)
+    z = F.conv2d(x, dw_weight, dw_bias, padding=1, groups=x.shape[1])
+    y = F.conv2d(z, pw_weight, pw_bias)
+    return F.relu(y) if relu else y
+
+
+def dsconv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor,
+                      pw_bias: Tensor, x2: Tensor | None = None, relu: bool = False):
+    """Returns (grad_x, grad_x2 or None, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias)."""
+    xc = x if x2 is None else torch.cat([x, x2], 1)
+    c = xc.shape[1]
+    z = F.conv2d(xc, dw_weight, dw_bias, padding=1, groups=c)
+    if relu:  # the mask needs the pre-activation; recomputing it is cheaper than storing it
+        y = F.conv2d(z, pw_weight, pw_bias)
+        grad = grad * (y > 0)
+    w = pw_weight.flatten(1)                                          # (O, C)
+    g_pw_bias = grad.sum((0, 2, 3))
+    g_pw_weight = torch.einsum("nohw,nchw->oc", grad, z).reshape(pw_weight.shape)
+    gz = torch.einsum("nohw,oc->nchw", grad, w)
+    g_dw_bias = gz.sum((0, 2, 3))
+    g_dw_weight = torch.nn.grad.conv2d_weight(xc, dw_weight.shape, gz, padding=1, groups=c)
+    gx = torch.nn.grad.conv2d_input(xc.shape, dw_weight, gz, padding=1, groups=c)
+    gx1, gx2 = (gx, None) if x2 is None else (t.clone() for t in gx.split([x.shape[1], x2.shape[1]], 1))
+    return gx1, gx2, g_dw_weight, g_dw_bias, g_pw_weight, g_pw_bias
+
+
+# ----------------------------------------------------------------------------- le_curve
+def upsample_factor_map(r: Tensor, size: tuple[int, int]) -> Tensor:
+    """The reference's UpsamplingBilinear2d: bilinear with align_corners=True."""
+    return F.interpolate(r, size=size, mode="bilinear", align_corners=True)
+
+
+def le_curve(x: Tensor, r: Tensor, iterations: int = 8) -> Tensor:
+    """``iterations`` steps of x = x + r * (x^2 - x); a smaller r is upsampled to x first."""
+    if r.shape[-2:] != x.shape[-2:]:
+        r = upsample_factor_map(r, tuple(x.shape[-2:]))
+    for _ in range(iterations):
+        x = x + r * (x * x - x)
+    return x
+
+
+def le_curve_backward(grad: Tensor, x: Tensor, r: Tensor, iterations: int = 8):
+    """Returns (grad_x, grad_r); grad_r has r's (possibly smaller) shape."""
+    rf = upsample_factor_map(r, tuple(x.shape[-2:])) if r.shape[-2:] != x.shape[-2:] else r
+    steps = [x]
+    for _ in range(iterations - 1):
+        steps.append(steps[-1] + rf * (steps[-1] * steps[-1] - steps[-1]))
+    gx, gr = grad, torch.zeros_like(rf)
+    for xk in reversed(steps):  # d/dx_k = 1 + r(2x_k - 1), d/dr = x_k^2 - x_k
+        gr = gr + gx * (xk * xk - xk)
+        gx = gx * (1 + rf * (2 * xk - 1))
+    if rf is not r:
+        gr = torch.ops.aten.upsample_bilinear2d_backward(gr, list(x.shape[-2:]), list(r.shape), True)
+    return gx, gr
+
+
+# ----------------------------------------------------------------------------- losses
+def _grey_pool(t: Tensor, patch: int) -> Tensor:
+    """Channel mean then AvgPool2d(patch) (stride patch, remainder rows/columns dropped)."""
+    return F.avg_pool2d(t.mean(1, keepdim=True), patch)
+
+
+def _unpool_grey(g: Tensor, patch: int, like: Tensor) -> Tensor:
+    """Adjoint of _grey_pool: spread each pooled gradient over its patch and the channels."""
+    g = g.repeat_interleave(patch, -2).repeat_interleave(patch, -1) / (patch * patch * like.shape[1])
+    g = F.pad(g, (0, like.shape[-1] - g.shape[-1], 0, like.shape[-2] - g.shape[-2]))
+    return g.expand_as(like).contiguous()
+
+
+def _neighbour(p: Tensor, dy: int, dx: int) -> Tensor:
+    """p shifted so that out[i, j] = p[i + dy, j + dx], zero outside (the reference's padding 1)."""
+    h, w = p.shape[-2:]
+    return F.pad(p, (1, 1, 1, 1))[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+
+
+def spatial_consistency_loss(y: Tensor, i: Tensor, patch: int = 4) -> Tensor:
+    """SGZ's spa8: 8-neighbour gradient difference of the patch-pooled grey maps of y and i."""
+    py, pi = _grey_pool(y, patch), _grey_pool(i, patch)
+    e = 0
+    for (dy, dx), weight in SPA_NEIGHBOURS:
+        d = (py - _neighbour(py, dy, dx)) - (pi - _neighbour(pi, dy, dx))
+        e = e + weight * d * d
+    return e.mean()
+
+
+def spatial_consistency_loss_backward(grad: Tensor, y: Tensor, i: Tensor, patch: int = 4):
+    """Returns (grad_y, grad_i)."""
+    delta = _grey_pool(y, patch) - _grey_pool(i, patch)
+    gdelta = torch.zeros_like(delta)
+    for (dy, dx), weight in SPA_NEIGHBOURS:
+        e = delta - _neighbour(delta, dy, dx)
+        gdelta = gdelta + weight * (e - _neighbour(e, -dy, -dx))
+    gdelta = gdelta * (2 * grad / delta.numel())
+    return _unpool_grey(gdelta, patch, y), _unpool_grey(-gdelta, patch, i)
+
+
+def exposure_loss(y: Tensor, level: float = 0.6, patch: int = 16) -> Tensor:
+    """Mean squared distance of the patch-pooled grey map of y from the exposure level."""
+    return ((_grey_pool(y, patch) - level) ** 2).mean()
+
+
+def exposure_loss_backward(grad: Tensor, y: Tensor, level: float = 0.6, patch: int = 16) -> Tensor:
+    p = _grey_pool(y, patch)
+    return _unpool_grey((p - level) * (2 * grad / p.numel()), patch, y)
+
+
+def color_constancy_loss(y: Tensor) -> Tensor:
+    """Batch mean of sqrt((mR-mG)^4 + (mR-mB)^4 + (mB-mG)^4) over per-image channel means."""
+    m = y.mean((2, 3))
+    mr, mg, mb = m[:, 0], m[:, 1], m[:, 2]
+    return torch.sqrt((mr - mg) ** 4 + (mr - mb) ** 4 + (mb - mg) ** 4).mean()
+
+
+def color_constancy_loss_backward(grad: Tensor, y: Tensor) -> Tensor:
+    m = y.mean((2, 3))
+    a, b, c = m[:, 0] - m[:, 1], m[:, 0] - m[:, 2], m[:, 2] - m[:, 1]
+    k = torch.sqrt(a ** 4 + b ** 4 + c ** 4)
+    # dk/dS = 1 / (2k); at k = 0 (all channel means equal) autograd gives NaN: we take 0, the subgradient.
+    scale = torch.where(k > 0, grad / (2 * k.clamp_min(torch.finfo(k.dtype).tiny) * y.shape[0]), 0)
+    a3, b3, c3 = 4 * a ** 3, 4 * b ** 3, 4 * c ** 3
+    gm = torch.stack([a3 + b3, -a3 - c3, c3 - b3], 1) * scale[:, None]
+    return (gm / (y.shape[2] * y.shape[3]))[:, :, None, None].expand_as(y).contiguous()
+
+
+def tv_loss(r: Tensor) -> Tensor:
+    """Illumination smoothness of the factor map, normalised as the reference's L_TV."""
+    n, _, h, w = r.shape
+    dh = r[:, :, 1:, :] - r[:, :, :-1, :]
+    dw = r[:, :, :, 1:] - r[:, :, :, :-1]
+    return 2 * ((dh * dh).sum() / ((h - 1) * w) + (dw * dw).sum() / (h * (w - 1))) / n
+
+
+def tv_loss_backward(grad: Tensor, r: Tensor) -> Tensor:
+    n, _, h, w = r.shape
+    gdh = (r[:, :, 1:, :] - r[:, :, :-1, :]) * (4 * grad / ((h - 1) * w * n))
+    gdw = (r[:, :, :, 1:] - r[:, :, :, :-1]) * (4 * grad / (h * (w - 1) * n))
+    return (F.pad(gdh, (0, 0, 1, 0)) - F.pad(gdh, (0, 0, 0, 1))
+            + F.pad(gdw, (1, 0)) - F.pad(gdw, (0, 1)))
+
+
+def zero_reference_loss(y: Tensor, i: Tensor, patch: int = 4, level: float = 0.6,
+                        exposure_patch: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+    """(spa, exp, col): the three image-space losses, unweighted."""
+    return (spatial_consistency_loss(y, i, patch), exposure_loss(y, level, exposure_patch),
+            color_constancy_loss(y))
+
+
+def zero_reference_loss_backward(g_spa: Tensor, g_exp: Tensor, g_col: Tensor, y: Tensor, i: Tensor,
+                                 patch: int = 4, level: float = 0.6, exposure_patch: int = 16):
+    """Returns (grad_y, grad_i) for upstream gradients of the three scalars."""
+    gy, gi = spatial_consistency_loss_backward(g_spa, y, i, patch)
+    gy = gy + exposure_loss_backward(g_exp, y, level, exposure_patch) + color_constancy_loss_backward(g_col, y)
+    return gy, gi
