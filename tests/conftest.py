@@ -1,0 +1,45 @@
+"""Shared test helpers: the one tolerance table, backends under test, and the ../shared data path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import sgllie.ops
+
+# Per dtype (rtol, atol) for fused-vs-reference comparisons; float64 is for gradcheck-grade checks.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (5e-3, 5e-3),
+    torch.bfloat16: (3e-2, 3e-2),
+}
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).parent / "data"
+
+
+def assert_close(actual, expected, dtype=None, scale: float = 1.0):
+    """Compare with the tolerance of ``dtype`` (default: expected's), widened by ``scale``."""
+    rtol, atol = TOLERANCES[dtype or expected.dtype]
+    torch.testing.assert_close(actual, expected, rtol=rtol * scale, atol=atol * scale,
+                               check_dtype=False)
+
+
+def backends_for(device: str = "cpu") -> list[str]:
+    """Backends available here for tensors on ``device``: every op test runs on each of them."""
+    names = []
+    for name in sgllie.ops.available_backends():
+        devices = sgllie.ops._backends.BACKENDS[name].devices
+        if not devices or device in devices:
+            names.append(name)
+    return names
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test where that data is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs ../shared data: {path} is absent")
+    return path

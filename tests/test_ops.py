@@ -1,0 +1,222 @@
+"""Every public op on every backend available here against the reference: forward, backward,
+gradcheck, opcheck; plus backend selection and the argument checks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sgllie.ops as ops
+from sgllie.ops import reference as R
+from conftest import assert_close, backends_for
+
+BACKENDS = backends_for("cpu")
+DTYPES = [torch.float32, torch.float64]
+
+
+def rand(*shape, dtype=torch.float32, lo=0.0, hi=1.0, grad=False):
+    return torch.empty(*shape, dtype=dtype).uniform_(lo, hi).requires_grad_(grad)
+
+
+def _dsconv_case(dtype, with_x2, n=2, h=13, w=9):
+    c1, c2, o = 5, (3 if with_x2 else 0), 7
+    c = c1 + c2
+    return dict(x=rand(n, c1, h, w, dtype=dtype), x2=rand(n, c2, h, w, dtype=dtype) if with_x2 else None,
+                dw_weight=rand(c, 1, 3, 3, dtype=dtype, lo=-1), dw_bias=rand(c, dtype=dtype, lo=-1),
+                pw_weight=rand(o, c, 1, 1, dtype=dtype, lo=-1), pw_bias=rand(o, dtype=dtype, lo=-1))
+
+
+def _grads(out, tensors, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    outs = out if isinstance(out, tuple) else (out,)
+    cot = [torch.rand(o.shape, generator=g, dtype=o.dtype) for o in outs]
+    return torch.autograd.grad(outs, tensors, cot)
+
+
+def _check_fwd_bwd(fused, ref, tensors, dtype):
+    """Run fused and ref on copies of ``tensors``; compare outputs and all input gradients."""
+    a = [t.detach().clone().requires_grad_() for t in tensors]
+    b = [t.detach().clone().requires_grad_() for t in tensors]
+    out_a, out_b = fused(*a), ref(*b)
+    for x, y in zip(out_a if isinstance(out_a, tuple) else (out_a,),
+                    out_b if isinstance(out_b, tuple) else (out_b,)):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        assert_close(x, y, dtype)
+    for x, y in zip(_grads(out_a, a), _grads(out_b, b)):
+        assert_close(x, y, dtype, scale=10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_x2,relu", [(False, False), (False, True), (True, True)])
+def test_dsconv2d(backend, dtype, with_x2, relu):
+    case = _dsconv_case(dtype, with_x2)
+    x, x2 = case.pop("x"), case.pop("x2")
+    keys = list(case)
+    tensors = [x] + ([x2] if with_x2 else []) + list(case.values())
+
+    def split(t):
+        return t[0], (t[1] if with_x2 else None), dict(zip(keys, t[-4:]))
+
+    def fused(*t):
+        a, a2, p = split(t)
+        return ops.dsconv2d(a, **p, x2=a2, relu=relu, backend=backend)
+
+    def ref(*t):
+        a, a2, p = split(t)
+        return R.dsconv2d(a, *p.values(), x2=a2, relu=relu)
+
+    _check_fwd_bwd(fused, ref, tensors, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,rshape", [((2, 3, 17, 23), (2, 3, 17, 23)), ((2, 3, 25, 37), (2, 3, 3, 4)),
+                                          ((1, 3, 5, 3), (1, 3, 1, 1))])
+def test_le_curve(backend, dtype, shape, rshape):
+    x, r = rand(*shape, dtype=dtype), rand(*rshape, dtype=dtype, lo=-1)
+    _check_fwd_bwd(lambda a, b: ops.le_curve(a, b, backend=backend), R.le_curve, [x, r], dtype)
+
+
+LOSS_SHAPES = [(2, 3, 16, 16), (3, 3, 19, 35), (1, 3, 17, 50)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LOSS_SHAPES)
+def test_losses(backend, dtype, shape):
+    y, i = rand(*shape, dtype=dtype), rand(*shape, dtype=dtype)
+    for patch in (3, 4, 5):
+        _check_fwd_bwd(lambda a, b: ops.spatial_consistency_loss(a, b, patch, backend=backend),
+                       lambda a, b: R.spatial_consistency_loss(a, b, patch), [y, i], dtype)
+    _check_fwd_bwd(lambda a: ops.exposure_loss(a, 0.5, backend=backend),
+                   lambda a: R.exposure_loss(a, 0.5), [y], dtype)
+    _check_fwd_bwd(lambda a: ops.color_constancy_loss(a, backend=backend), R.color_constancy_loss, [y], dtype)
+    _check_fwd_bwd(lambda a: ops.tv_loss(a, backend=backend), R.tv_loss, [y], dtype)
+    _check_fwd_bwd(lambda a, b: ops.zero_reference_loss(a, b, patch=5, level=0.7, backend=backend),
+                   lambda a, b: R.zero_reference_loss(a, b, 5, 0.7, 16), [y, i], dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_reference_loss_partial_use(backend):
+    """Only some of the three outputs feeding the loss must still give the right gradient."""
+    y = rand(2, 3, 20, 18, grad=True)
+    i = rand(2, 3, 20, 18)
+    spa, _, col = ops.zero_reference_loss(y, i, backend=backend)
+    (g,) = torch.autograd.grad(spa + 2 * col, y)
+    y2 = y.detach().clone().requires_grad_()
+    (expected,) = torch.autograd.grad(R.spatial_consistency_loss(y2, i) + 2 * R.color_constancy_loss(y2), y2)
+    assert_close(g, expected, scale=10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck(backend):
+    d = torch.float64
+    x, r = rand(1, 3, 5, 4, dtype=d, grad=True), rand(1, 3, 2, 3, dtype=d, lo=-1, grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: ops.le_curve(a, b, 3, backend=backend), (x, r))
+    case = {k: v.requires_grad_() for k, v in _dsconv_case(d, True, n=1, h=4, w=5).items()}
+    x, x2 = case.pop("x"), case.pop("x2")
+    assert torch.autograd.gradcheck(
+        lambda a, a2, *p: ops.dsconv2d(a, *p, x2=a2, relu=False, backend=backend), (x, x2, *case.values()))
+    y, i = rand(2, 3, 9, 10, dtype=d, grad=True), rand(2, 3, 9, 10, dtype=d, grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: ops.spatial_consistency_loss(a, b, 3, backend=backend), (y, i))
+    assert torch.autograd.gradcheck(lambda a: ops.exposure_loss(a, 0.6, 4, backend=backend), (y,))
+    assert torch.autograd.gradcheck(lambda a: ops.color_constancy_loss(a, backend=backend), (y,))
+    assert torch.autograd.gradcheck(lambda a: ops.tv_loss(a, backend=backend), (y,))
+    assert torch.autograd.gradcheck(
+        lambda a, b: ops.zero_reference_loss(a, b, patch=3, exposure_patch=4, backend=backend), (y, i))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    lib = ops._library
+    case = _dsconv_case(torch.float32, True, h=6, w=7)
+    x, x2 = case.pop("x").requires_grad_(), case.pop("x2").requires_grad_()
+    p = [t.requires_grad_() for t in case.values()]
+    y, i = rand(2, 3, 17, 19, grad=True), rand(2, 3, 17, 19)
+    samples = [
+        (lib.dsconv2d, (x, x2, *p, True, backend)),
+        (lib.dsconv2d, (x, None, *[rand(5, 1, 3, 3, lo=-1, grad=True), rand(5, grad=True),
+                                   rand(4, 5, 1, 1, grad=True), rand(4, grad=True)], False, backend)),
+        (lib.le_curve, (rand(2, 3, 9, 11, grad=True), rand(2, 3, 2, 3, lo=-1, grad=True), 8, backend)),
+        (lib.spatial_consistency_loss, (y, i, 4, backend)),
+        (lib.exposure_loss, (y, 0.6, 16, backend)),
+        (lib.color_constancy_loss, (y, backend)),
+        (lib.tv_loss, (y, backend)),
+        (lib.zero_reference_loss, (y, i, 4, 0.6, 16, backend)),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+
+
+# ----------------------------------------------------------------------------- backend selection
+def test_reference_always_available():
+    assert "reference" in ops.available_backends()
+    status = ops.backend_status()
+    assert status["reference"] == "available"
+    assert set(status) == {"reference", "cpu", "triton", "cuda"}
+    for name, why in status.items():
+        assert why == "available" or why, name
+
+
+def test_selection_precedence(monkeypatch):
+    resolve = ops._backends.resolve
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("SGLLIE_BACKEND", raising=False)
+    auto = next(n for n in ops._backends.PREFERENCE["cpu"] if n in ops.available_backends())
+    assert resolve("le_curve", None, cpu) == auto
+    monkeypatch.setenv("SGLLIE_BACKEND", "reference")
+    assert resolve("le_curve", None, cpu) == "reference"
+    monkeypatch.setenv("SGLLIE_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="SGLLIE_BACKEND.*unknown backend 'bogus'"):
+        resolve("le_curve", None, cpu)
+    with ops.use_backend("reference"):       # the context beats the environment
+        assert resolve("le_curve", None, cpu) == "reference"
+    assert resolve("le_curve", "reference", cpu) == "reference"  # the argument beats both
+    with pytest.raises(ValueError, match="unknown backend"):
+        with ops.use_backend("fastest"):
+            pass
+
+
+@pytest.mark.parametrize("name", [n for n in ("cpu", "triton", "cuda") if n not in ops.available_backends()])
+def test_unavailable_backend_is_a_clear_error(name):
+    x = rand(1, 3, 4, 4)
+    with pytest.raises(ops.BackendUnavailableError, match=f"backend '{name}'.*not available: .+Available: "):
+        ops.le_curve(x, x, backend=name)
+    with pytest.raises(ops.BackendUnavailableError, match="use_backend"):
+        with ops.use_backend(name):
+            ops.tv_loss(x)
+
+
+# ----------------------------------------------------------------------------- argument checks
+@pytest.mark.parametrize("call,match", [
+    (lambda: ops.le_curve(torch.rand(3, 4, 4), torch.rand(3, 4, 4)), "x must be 4-D"),
+    (lambda: ops.le_curve(torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4)), "r of shape"),
+    (lambda: ops.le_curve(torch.rand(1, 3, 4, 4), torch.rand(1, 3, 5, 4)), "r of shape"),
+    (lambda: ops.le_curve(torch.ones(1, 3, 4, 4, dtype=torch.int32), torch.rand(1, 3, 4, 4)), "floating"),
+    (lambda: ops.le_curve(torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4).double()), "r is torch.float64"),
+    (lambda: ops.le_curve(torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4), 0), "iterations"),
+    (lambda: ops.le_curve(torch.full((1, 3, 4, 4), float("nan")), torch.rand(1, 3, 4, 4)), "x contains NaN"),
+    (lambda: ops.tv_loss(torch.rand(1, 3, 1, 9)), "too small"),
+    (lambda: ops.exposure_loss(torch.rand(1, 3, 15, 40)), "too small"),
+    (lambda: ops.exposure_loss(torch.rand(1, 3, 16, 16), level=1.5), "level"),
+    (lambda: ops.color_constancy_loss(torch.rand(1, 4, 8, 8)), "3 channels"),
+    (lambda: ops.spatial_consistency_loss(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 9)), "must match"),
+    (lambda: ops.spatial_consistency_loss(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), 6), "patch"),
+    (lambda: ops.spatial_consistency_loss(torch.rand(1, 3, 3, 8), torch.rand(1, 3, 3, 8)), "too small"),
+    (lambda: ops.zero_reference_loss(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8).mul(float("inf"))),
+     "i contains NaN or Inf"),
+    (lambda: ops.dsconv2d(torch.rand(1, 3, 4, 4), torch.rand(3, 1, 3, 3), torch.rand(3),
+                          torch.rand(8, 4, 1, 1), torch.rand(8)), "pw_weight must have shape"),
+    (lambda: ops.dsconv2d(torch.rand(1, 3, 4, 4), torch.rand(5, 1, 3, 3), torch.rand(5),
+                          torch.rand(8, 5, 1, 1), torch.rand(8), x2=torch.rand(1, 2, 4, 5)), "x2 of shape"),
+    (lambda: ops.dsconv2d("x", None, None, None, None), "x must be a torch.Tensor"),
+])
+def test_bad_arguments(call, match):
+    with pytest.raises(ops.OpInputError, match=r"^sgllie\.ops\.\w+: .*" + match):
+        call()
+
+
+def test_finite_check_can_be_disabled(monkeypatch):
+    monkeypatch.setenv("SGLLIE_CHECK_FINITE", "0")
+    out = ops.le_curve(torch.full((1, 3, 2, 2), float("nan")), torch.rand(1, 3, 2, 2))
+    assert torch.isnan(out).all()
