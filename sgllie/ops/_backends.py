@@ -89,8 +89,13 @@ def _check_name(name: str, where: str) -> None:
                          + ", ".join(repr(n) for n in BACKENDS))
 
 
+@torch.compiler.assume_constant_result
 def resolve(op: str, requested: str | None, device: torch.device) -> str:
-    """The backend that runs ``op`` on tensors of ``device``, or a clear error why none can."""
+    """The backend that runs ``op`` on tensors of ``device``, or a clear error why none can.
+
+    Under torch.compile the answer is baked into the graph when it is compiled: change the backend
+    before compiling, not inside a compiled region.
+    """
     where = "argument backend="
     name = requested
     if name is None:
