@@ -26,8 +26,15 @@ def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, p
     if x2 is not None:
         x = torch.cat([x, x2], 1)
     z = F.conv2d(x, dw_weight, dw_bias, padding=1, groups=x.shape[1])
-    y = F.conv2d(z, pw_weight, pw_bias)
+    y = _pointwise(z, pw_weight, pw_bias)
     return F.relu(y) if relu else y
+
+
+def _pointwise(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """1x1 conv as one matrix product per image (faster than conv2d on CPU, same result)."""
+    n, c, h, w = z.shape
+    return torch.baddbmm(bias[None, :, None].expand(n, -1, h * w), weight.flatten(1).expand(n, -1, -1),
+                         z.reshape(n, c, h * w)).view(n, -1, h, w)
 
 
 def dsconv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor,
@@ -37,12 +44,12 @@ def dsconv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Tenso
     c = xc.shape[1]
     z = F.conv2d(xc, dw_weight, dw_bias, padding=1, groups=c)
     if relu:  # the mask needs the pre-activation; recomputing it is cheaper than storing it
-        y = F.conv2d(z, pw_weight, pw_bias)
-        grad = grad * (y > 0)
-    w = pw_weight.flatten(1)                                          # (O, C)
-    g_pw_bias = grad.sum((0, 2, 3))
-    g_pw_weight = torch.einsum("nohw,nchw->oc", grad, z).reshape(pw_weight.shape)
-    gz = torch.einsum("nohw,oc->nchw", grad, w)
+        grad = grad * (_pointwise(z, pw_weight, pw_bias) > 0)
+    n, o, h, w = grad.shape
+    g = grad.reshape(n, o, h * w)
+    g_pw_bias = g.sum((0, 2))
+    g_pw_weight = torch.bmm(g, z.reshape(n, c, h * w).transpose(1, 2)).sum(0).view(pw_weight.shape)
+    gz = torch.matmul(pw_weight.flatten(1).t(), g).view(n, c, h, w)
     g_dw_bias = gz.sum((0, 2, 3))
     g_dw_weight = torch.nn.grad.conv2d_weight(xc, dw_weight.shape, gz, padding=1, groups=c)
     gx = torch.nn.grad.conv2d_input(xc.shape, dw_weight, gz, padding=1, groups=c)
