@@ -11,9 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .io import ImageReadError, read_image
-
-SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+from .io import IMAGE_SUFFIXES, ImageReadError, read_image
 
 
 def find_images(root: str | os.PathLike) -> list[Path]:
@@ -22,7 +20,7 @@ def find_images(root: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: images folder not found" if not root.exists()
                                 else f"{root}: not a folder")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def probe(path: Path) -> str:
@@ -101,7 +99,7 @@ class LowLightImages(torch.utils.data.Dataset):
                 self.files.append(path)
         if not self.files:
             raise FileNotFoundError(
-                f"{self.root}: no usable image (looked for {', '.join(SUFFIXES)}, recursively)"
+                f"{self.root}: no usable image (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)"
                 + (f"; {len(self.skipped)} unreadable file(s) skipped" if self.skipped else ""))
 
     def set_epoch(self, epoch: int) -> None:
