@@ -1,0 +1,54 @@
+"""Inference of the whole network: EnhanceNet(scale_factor=12).enhance(x), randomly initialised."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sgllie.ops
+from sgllie.model import EnhanceNet
+
+from ._common import (assert_close, backend_of, compile_fn, pick, plain_enhance, shape_str, step_marker,
+                      variants)
+
+# eager        the model on sgllie's "reference" backend (custom ops whose kernels are the reference)
+# eager-plain  the same network written with sgllie.ops.reference functions (no custom ops)
+# compile*     torch.compile of eager-plain: inductor cannot see inside the custom ops, so compiling
+#              the model itself would time the reference kernels plus compiled glue
+VARIANTS = variants(extra=("eager-plain",))
+SIZES = {"1200x900": pick((1, 3, 900, 1200), (1, 3, 96, 120)),
+         "4k": pick((1, 3, 2160, 3840), (1, 3, 100, 130))}  # quick: not a multiple of 12 (padding path)
+
+
+def _enhance(model: EnhanceNet, variant: str):
+    if variant == "eager":
+        backend = "reference"
+    elif variant == "eager-plain":
+        return lambda x: plain_enhance(model, x)
+    elif variant.startswith("compile"):
+        return compile_fn(lambda x: plain_enhance(model, x), variant)
+    else:
+        backend = backend_of(variant)
+
+    def run(x):
+        with sgllie.ops.use_backend(backend):
+            return model.enhance(x)
+    return run
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_enhance(variant, size, device, timer):
+    model = EnhanceNet(scale_factor=12).to(device).eval()
+    x = torch.rand(SIZES[size], device=device)
+    enhance, mark = _enhance(model, variant), step_marker(variant)
+
+    def fn():
+        mark()
+        with torch.inference_mode():
+            return enhance(x)
+
+    with torch.inference_mode(), sgllie.ops.use_backend("reference"):
+        expected = model.enhance(x)
+        assert_close(plain_enhance(model, x), expected, "eager-plain", rtol=1e-5, atol=1e-6)
+    assert_close(fn(), expected, variant)
+    timer(fn, group=f"EnhanceNet(s=12).enhance {size} {shape_str(x)}", variant=variant, heavy=size == "4k")
