@@ -1,7 +1,6 @@
 """Installs sgllie. The top-level kernels/ (Triton) is installed as the subpackage sgllie.kernels.
 
-The compiled extension sgllie._C (csrc/) is added to EXT_MODULES when its sources exist; until then
-the package is pure Python and runs on its reference backend.
+The compiled extension sgllie._C (csrc/) holds the fused CPU kernels; see ext_modules().
 """
 from pathlib import Path
 
@@ -18,14 +17,31 @@ def version() -> str:
 
 
 def ext_modules():
-    """C++/CUDA sources under csrc/ built into sgllie._C with torch's cpp_extension and ninja."""
-    sources = sorted(str(p) for p in (ROOT / "csrc").rglob("*.cpp"))
-    if not sources:
+    """csrc/ built into sgllie._C with torch's cpp_extension and ninja, when torch is importable.
+
+    The extension is optional: if it cannot be built (no compiler, no torch at build time), the
+    package installs without it and sgllie.ops runs on its reference backend.
+    """
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print("sgllie: torch is not importable at build time: building without sgllie._C "
+              "(install torch first and use --no-build-isolation)")
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
-    ext = CppExtension("sgllie._C", sources, extra_compile_args={"cxx": ["-O3", "-fopenmp"]},
-                       extra_link_args=["-fopenmp"])
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+    class OptionalBuildExt(BuildExtension.with_options(use_ninja=True)):
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as e:  # a missing compiler must not make the package uninstallable
+                print(f"sgllie: could not build {ext.name} ({type(e).__name__}: {e}); "
+                      "sgllie.ops will use its reference backend")
+                self.extensions.remove(ext)  # nothing to install for it
+
+    ext = CppExtension("sgllie._C", sources, include_dirs=[str(ROOT / "csrc" / "include")],
+                       extra_compile_args={"cxx": ["-O3", "-fopenmp"]}, extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": OptionalBuildExt}
 
 
 EXT_MODULES, CMDCLASS = ext_modules()

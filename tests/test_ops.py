@@ -220,3 +220,35 @@ def test_finite_check_can_be_disabled(monkeypatch):
     monkeypatch.setenv("SGLLIE_CHECK_FINITE", "0")
     out = ops.le_curve(torch.full((1, 3, 2, 2), float("nan")), torch.rand(1, 3, 2, 2))
     assert torch.isnan(out).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend):
+    x = rand(2, 3, 23, 19).transpose(2, 3)          # (2, 3, 19, 23), not contiguous
+    r = rand(2, 3, 6, 5, lo=-1).transpose(2, 3)
+    assert not x.is_contiguous() and not r.is_contiguous()
+    _check_fwd_bwd(lambda a, b: ops.le_curve(a, b, backend=backend), R.le_curve, [x, r], torch.float32)
+    _check_fwd_bwd(lambda a: ops.tv_loss(a, backend=backend), R.tv_loss, [x[:, :, ::2]], torch.float32)
+    y, i = rand(2, 3, 40, 36)[..., ::2, :], rand(2, 3, 20, 36)
+    _check_fwd_bwd(lambda a, b: ops.zero_reference_loss(a, b, backend=backend),
+                   lambda a, b: R.zero_reference_loss(a, b, 4, 0.6, 16), [y, i], torch.float32)
+
+
+def test_auto_falls_back_with_one_warning(monkeypatch):
+    """A backend meant to be here that fails to load: auto says so once and uses the next one."""
+    b = ops._backends
+    monkeypatch.setitem(b.BACKENDS, "cpu", b.Backend("cpu", "sgllie._missing_ext.kernels", ("cpu",), "a build"))
+    monkeypatch.delenv("SGLLIE_BACKEND", raising=False)
+    b.load.cache_clear()
+    b._warn_fallback.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match=r"backend 'cpu' unavailable \(needs a build"):
+            assert b.resolve("tv_loss", None, torch.device("cpu")) == "reference"
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # only once per process
+            assert b.resolve("tv_loss", None, torch.device("cpu")) == "reference"
+    finally:
+        monkeypatch.undo()
+        b.load.cache_clear()
+        b._warn_fallback.cache_clear()

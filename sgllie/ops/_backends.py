@@ -12,6 +12,7 @@ import contextvars
 import functools
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -107,6 +108,7 @@ def resolve(op: str, requested: str | None, device: torch.device) -> str:
         for candidate in PREFERENCE.get(device.type, ("reference",)):
             if load(candidate)[0] is not None:
                 return candidate
+            _warn_fallback(candidate)
         return "reference"
     module, why_not = load(name)
     if module is None:
@@ -117,6 +119,14 @@ def resolve(op: str, requested: str | None, device: torch.device) -> str:
         raise BackendUnavailableError(f"sgllie.ops.{op}: backend {name!r} (from {where}) runs on "
                                       f"{'/'.join(devices)} tensors, got a {device.type} tensor")
     return name
+
+
+@functools.cache
+def _warn_fallback(name: str) -> None:
+    """One line, once per process, when ``auto`` passes over a backend that is meant to be here."""
+    why_not = load(name)[1]
+    if why_not != "not part of this version of sgllie":
+        warnings.warn(f"sgllie: backend {name!r} unavailable ({why_not}); using a slower one", stacklevel=4)
 
 
 def kernels(name: str) -> ModuleType:

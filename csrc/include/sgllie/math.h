@@ -1,0 +1,46 @@
+// Per-element math shared by the CPU kernels (csrc/cpu) and, later, the CUDA kernels (csrc/cuda),
+// so the CPU tests also pin the arithmetic the GPU runs. No torch headers here.
+#pragma once
+
+#if defined(__CUDACC__)
+#define SGLLIE_HD __host__ __device__ __forceinline__
+#else
+#define SGLLIE_HD inline
+#endif
+
+namespace sgllie {
+
+// One step of the LE curve: x + r * (x^2 - x).
+template <typename T>
+SGLLIE_HD T le_step(T x, T r) {
+  return x + r * (x * x - x);
+}
+
+// Derivatives of one step: d/dx = 1 + r (2x - 1), d/dr = x^2 - x.
+template <typename T>
+SGLLIE_HD T le_step_dx(T x, T r) {
+  return T(1) + r * (T(2) * x - T(1));
+}
+template <typename T>
+SGLLIE_HD T le_step_dr(T x) {
+  return x * x - x;
+}
+
+// Linear interpolation taps of output index `out` when resizing `in_size` -> `out_size` samples
+// with align_corners=True (the reference's UpsamplingBilinear2d), computed in T as PyTorch does.
+template <typename T>
+struct Lerp {
+  int i0, i1;
+  T w1;  // weight of i1; i0 gets 1 - w1
+};
+
+template <typename T>
+SGLLIE_HD Lerp<T> align_corners_lerp(int out, int in_size, int out_size) {
+  const T scale = out_size > 1 ? static_cast<T>(in_size - 1) / static_cast<T>(out_size - 1) : T(0);
+  const T src = scale * static_cast<T>(out);
+  const int i0 = static_cast<int>(src);
+  const int i1 = i0 + (i0 < in_size - 1 ? 1 : 0);
+  return Lerp<T>{i0, i1, src - static_cast<T>(i0)};
+}
+
+}  // namespace sgllie

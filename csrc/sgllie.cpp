@@ -1,0 +1,18 @@
+// sgllie._C: the schemas of every compiled kernel, in one place. The kernels register per device
+// (csrc/cpu/*.cpp for CPU); sgllie/ops/_cpu.py exposes them as the `cpu` backend behind the
+// public sgllie:: custom ops, which own autograd, fake kernels and backend choice.
+#include <Python.h>
+#include <torch/library.h>
+
+// An empty Python module: importing sgllie._C loads this library and runs the registrations.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "sgllie's compiled kernels", -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+TORCH_LIBRARY(sgllie_C, m) {
+  m.def("le_curve(Tensor x, Tensor r, int iterations) -> Tensor");
+  m.def("le_curve_backward(Tensor grad, Tensor x, Tensor r, int iterations) -> (Tensor, Tensor)");
+  m.def("tv_loss(Tensor r) -> Tensor");
+  m.def("tv_loss_backward(Tensor grad, Tensor r) -> Tensor");
+}

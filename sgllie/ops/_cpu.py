@@ -1,0 +1,48 @@
+"""The ``cpu`` backend: fused C++ kernels from sgllie._C (csrc/cpu/), float32 and float64.
+
+Ops without a compiled kernel yet, and other dtypes, run the reference kernels: ``FUSED`` lists
+what is compiled.
+"""
+from __future__ import annotations
+
+import torch
+
+import sgllie._C  # noqa: F401  (loads the library: registers torch.ops.sgllie_C)
+from . import reference
+
+_K = torch.ops.sgllie_C
+_DTYPES = (torch.float32, torch.float64)
+FUSED = ("le_curve", "tv_loss")
+
+
+def le_curve(x, r, iterations):
+    if x.dtype not in _DTYPES:
+        return reference.le_curve(x, r, iterations)
+    return _K.le_curve(x, r, iterations)
+
+
+def le_curve_backward(grad, x, r, iterations):
+    if x.dtype not in _DTYPES:
+        return reference.le_curve_backward(grad, x, r, iterations)
+    return _K.le_curve_backward(grad, x, r, iterations)
+
+
+def tv_loss(r):
+    return _K.tv_loss(r) if r.dtype in _DTYPES else reference.tv_loss(r)
+
+
+def tv_loss_backward(grad, r):
+    return _K.tv_loss_backward(grad, r) if r.dtype in _DTYPES else reference.tv_loss_backward(grad, r)
+
+
+# Not compiled yet: the reference kernels.
+dsconv2d = reference.dsconv2d
+dsconv2d_backward = reference.dsconv2d_backward
+spatial_consistency_loss = reference.spatial_consistency_loss
+spatial_consistency_loss_backward = reference.spatial_consistency_loss_backward
+exposure_loss = reference.exposure_loss
+exposure_loss_backward = reference.exposure_loss_backward
+color_constancy_loss = reference.color_constancy_loss
+color_constancy_loss_backward = reference.color_constancy_loss_backward
+zero_reference_loss = reference.zero_reference_loss
+zero_reference_loss_backward = reference.zero_reference_loss_backward
