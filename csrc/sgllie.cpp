@@ -13,6 +13,10 @@ extern "C" PyObject* PyInit__C(void) {
 TORCH_LIBRARY(sgllie_C, m) {
   m.def("le_curve(Tensor x, Tensor r, int iterations) -> Tensor");
   m.def("le_curve_backward(Tensor grad, Tensor x, Tensor r, int iterations) -> (Tensor, Tensor)");
+  m.def("zero_reference_loss(Tensor y, Tensor i, int patch, float level, int exposure_patch)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("zero_reference_loss_backward(Tensor g_spa, Tensor g_exp, Tensor g_col, Tensor y, Tensor i,"
+        " int patch, float level, int exposure_patch) -> (Tensor, Tensor)");
   m.def("tv_loss(Tensor r) -> Tensor");
   m.def("tv_loss_backward(Tensor grad, Tensor r) -> Tensor");
 }

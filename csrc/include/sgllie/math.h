@@ -43,4 +43,12 @@ SGLLIE_HD Lerp<T> align_corners_lerp(int out, int in_size, int out_size) {
   return Lerp<T>{i0, i1, src - static_cast<T>(i0)};
 }
 
+// Spatial-consistency neighbours (dy, dx, weight): 4 axial at 1, 4 diagonal at 0.5, as the reference.
+struct Neighbour {
+  int dy, dx;
+  float weight;
+};
+constexpr Neighbour kSpaNeighbours[8] = {{0, -1, 1.f},  {0, 1, 1.f},   {-1, 0, 1.f}, {1, 0, 1.f},
+                                         {-1, -1, .5f}, {-1, 1, .5f},  {1, -1, .5f}, {1, 1, .5f}};
+
 }  // namespace sgllie
