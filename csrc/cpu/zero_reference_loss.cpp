@@ -38,6 +38,14 @@ struct Maps {
   std::vector<double> py, pi, pe, csum;  // (n, ph, pw), (n, ph, pw), (n, eh, ew), (n, 3)
 };
 
+// Sum of row[c0 .. c0 + len) in double.
+template <typename T>
+inline double span_sum(const T* row, int64_t c0, int64_t len) {
+  double s = 0;
+  for (int64_t c = c0; c < c0 + len; ++c) s += row[c];
+  return s;
+}
+
 template <typename T>
 Maps pooled_maps(const T* y, const T* i, const Geometry& g) {
   Maps m{std::vector<double>(g.n * g.ph * g.pw), std::vector<double>(g.n * g.ph * g.pw),
@@ -45,29 +53,30 @@ Maps pooled_maps(const T* y, const T* i, const Geometry& g) {
   std::vector<double> band_csum(g.n * g.bands * 3);
   const int64_t plane = g.H * g.W;
   at::parallel_for(0, g.n * g.bands, 1, [&](int64_t begin, int64_t end) {
+    // channel sums of y, grey rows of y and i: simple loops the compiler vectorises
+    std::vector<T> grey_y(g.W), grey_i(g.W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / g.bands, row0 = (task % g.bands) * g.band;
       const int64_t row1 = std::min(row0 + g.band, g.H);
-      const T* yb = y + b * 3 * plane;
-      const T* ib = i + b * 3 * plane;
       double cs[3] = {0, 0, 0};
       for (int64_t r = row0; r < row1; ++r) {
-        const bool spa_row = r < g.ph * g.p, exp_row = r < g.eh * g.e;
-        double* py = m.py.data() + (b * g.ph + r / g.p) * g.pw;
-        double* pi = m.pi.data() + (b * g.ph + r / g.p) * g.pw;
-        double* pe = m.pe.data() + (b * g.eh + r / g.e) * g.ew;
-        for (int64_t c = 0; c < g.W; ++c) {
-          const int64_t k = r * g.W + c;
-          const double y0 = yb[k], y1 = yb[plane + k], y2 = yb[2 * plane + k];
-          cs[0] += y0;
-          cs[1] += y1;
-          cs[2] += y2;
-          const double gy = (y0 + y1 + y2) / 3.0;
-          if (spa_row && c < g.pw * g.p) {
-            py[c / g.p] += gy;
-            pi[c / g.p] += (double(ib[k]) + double(ib[plane + k]) + double(ib[2 * plane + k])) / 3.0;
+        const T* y0 = y + b * 3 * plane + r * g.W;
+        const T* i0 = i + b * 3 * plane + r * g.W;
+        for (int c = 0; c < 3; ++c) cs[c] += span_sum(y0 + c * plane, 0, g.W);
+        if (r >= g.ph * g.p && r >= g.eh * g.e) continue;  // in neither pooled map
+        for (int64_t c = 0; c < g.W; ++c) grey_y[c] = (y0[c] + y0[plane + c] + y0[2 * plane + c]) / T(3);
+        if (r < g.ph * g.p) {
+          for (int64_t c = 0; c < g.W; ++c) grey_i[c] = (i0[c] + i0[plane + c] + i0[2 * plane + c]) / T(3);
+          double* py = m.py.data() + (b * g.ph + r / g.p) * g.pw;
+          double* pi = m.pi.data() + (b * g.ph + r / g.p) * g.pw;
+          for (int64_t pc = 0; pc < g.pw; ++pc) {
+            py[pc] += span_sum(grey_y.data(), pc * g.p, g.p);
+            pi[pc] += span_sum(grey_i.data(), pc * g.p, g.p);
           }
-          if (exp_row && c < g.ew * g.e) pe[c / g.e] += gy;
+        }
+        if (r < g.eh * g.e) {
+          double* pe = m.pe.data() + (b * g.eh + r / g.e) * g.ew;
+          for (int64_t ec = 0; ec < g.ew; ++ec) pe[ec] += span_sum(grey_y.data(), ec * g.e, g.e);
         }
       }
       for (int c = 0; c < 3; ++c) band_csum[task * 3 + c] = cs[c];
@@ -82,9 +91,23 @@ Maps pooled_maps(const T* y, const T* i, const Geometry& g) {
   return m;
 }
 
-// map[b, r + dy, c + dx], zero outside (the reference's conv padding).
-inline double at_or_zero(const double* map, int64_t h, int64_t w, int64_t r, int64_t c) {
-  return (r < 0 || r >= h || c < 0 || c >= w) ? 0.0 : map[r * w + c];
+// An (h, w) map inside a zero border of 1 (the reference's conv padding): neighbours need no
+// bounds checks, so the loops over the small maps are branch-free.
+struct Padded {
+  int64_t h, w;
+  std::vector<double> v;
+  Padded(int64_t h_, int64_t w_) : h(h_), w(w_), v((h_ + 2) * (w_ + 2), 0.0) {}
+  double& at(int64_t r, int64_t c) { return v[(r + 1) * (w + 2) + c + 1]; }
+};
+
+// e_d = m - m shifted by d, for the 8 neighbours d, each inside a zero border.
+std::vector<Padded> neighbour_differences(Padded& m) {
+  std::vector<Padded> e(8, Padded(m.h, m.w));
+  for (int k = 0; k < 8; ++k)
+    for (int64_t r = 0; r < m.h; ++r)
+      for (int64_t c = 0; c < m.w; ++c)
+        e[k].at(r, c) = m.at(r, c) - m.at(r + kSpaNeighbours[k].dy, c + kSpaNeighbours[k].dx);
+  return e;
 }
 
 // The three channel means' colour-constancy value k and dk/dmean (zero where k = 0).
@@ -116,17 +139,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> zero_reference_loss_cpu(
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "sgllie_C::zero_reference_loss", [&] {
     m = pooled_maps(y.data_ptr<scalar_t>(), i.data_ptr<scalar_t>(), g);
   });
+  std::vector<double> spa_per_image(g.n);
+  at::parallel_for(0, g.n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      Padded py(g.ph, g.pw), pi(g.ph, g.pw);
+      for (int64_t r = 0; r < g.ph; ++r)
+        for (int64_t c = 0; c < g.pw; ++c) {
+          py.at(r, c) = m.py[(b * g.ph + r) * g.pw + c];
+          pi.at(r, c) = m.pi[(b * g.ph + r) * g.pw + c];
+        }
+      const std::vector<Padded> ey = neighbour_differences(py), ei = neighbour_differences(pi);
+      double sum = 0;
+      for (int k = 0; k < 8; ++k)
+        for (size_t j = 0; j < ey[k].v.size(); ++j) {  // the zero border adds nothing
+          const double d = ey[k].v[j] - ei[k].v[j];
+          sum += kSpaNeighbours[k].weight * d * d;
+        }
+      spa_per_image[b] = sum;
+    }
+  });
   double spa = 0, exp = 0, col = 0;
   for (int64_t b = 0; b < g.n; ++b) {
-    const double* py = m.py.data() + b * g.ph * g.pw;
-    const double* pi = m.pi.data() + b * g.ph * g.pw;
-    for (int64_t r = 0; r < g.ph; ++r)
-      for (int64_t c = 0; c < g.pw; ++c)
-        for (const Neighbour& d : kSpaNeighbours) {
-          const double dy = py[r * g.pw + c] - at_or_zero(py, g.ph, g.pw, r + d.dy, c + d.dx);
-          const double di = pi[r * g.pw + c] - at_or_zero(pi, g.ph, g.pw, r + d.dy, c + d.dx);
-          spa += d.weight * (dy - di) * (dy - di);
-        }
+    spa += spa_per_image[b];
     double mean[3], k, dk[3];
     for (int c = 0; c < 3; ++c) mean[c] = m.csum[b * 3 + c] / double(g.H * g.W);
     colour(mean, &k, dk);
@@ -149,48 +183,69 @@ std::tuple<at::Tensor, at::Tensor> zero_reference_loss_backward_cpu(
     const Maps m = pooled_maps(y.data_ptr<scalar_t>(), i.data_ptr<scalar_t>(), g);
     // gradients of the small maps, already divided by the pixels each pooled value averages
     const double spa_scale = 2.0 * g_spa.item<double>() / double(g.n * g.ph * g.pw) / double(3 * g.p * g.p);
-    std::vector<double> gdelta(m.py.size(), 0.0), gexp(m.pe.size()), gcol(g.n * 3);
-    for (int64_t b = 0; b < g.n; ++b) {
-      const int64_t off = b * g.ph * g.pw;
-      std::vector<double> delta(g.ph * g.pw);
-      for (int64_t k = 0; k < g.ph * g.pw; ++k) delta[k] = m.py[off + k] - m.pi[off + k];
-      for (int64_t r = 0; r < g.ph; ++r)
-        for (int64_t c = 0; c < g.pw; ++c) {
-          double acc = 0;
-          for (const Neighbour& d : kSpaNeighbours) {  // e_d[p] - e_d[p - d], e_d = delta - shifted delta
-            acc += d.weight * (delta[r * g.pw + c] - at_or_zero(delta.data(), g.ph, g.pw, r + d.dy, c + d.dx));
-            if (r - d.dy >= 0 && r - d.dy < g.ph && c - d.dx >= 0 && c - d.dx < g.pw)
-              acc -= d.weight * (delta[(r - d.dy) * g.pw + c - d.dx] - delta[r * g.pw + c]);
+    std::vector<double> gdelta(m.py.size()), gexp(m.pe.size()), gcol(g.n * 3);
+    const double gc = g_col.item<double>();
+    at::parallel_for(0, g.n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        Padded delta(g.ph, g.pw);
+        for (int64_t r = 0; r < g.ph; ++r)
+          for (int64_t c = 0; c < g.pw; ++c) {
+            const int64_t k = (b * g.ph + r) * g.pw + c;
+            delta.at(r, c) = m.py[k] - m.pi[k];
           }
-          gdelta[off + r * g.pw + c] = acc * spa_scale;
-        }
+        // dL/ddelta[p] = sum_d w_d (e_d[p] - e_d[p - d]), e_d zero outside the map
+        std::vector<Padded> e = neighbour_differences(delta);
+        for (int64_t r = 0; r < g.ph; ++r)
+          for (int64_t c = 0; c < g.pw; ++c) {
+            double acc = 0;
+            for (int k = 0; k < 8; ++k) {
+              const Neighbour& d = kSpaNeighbours[k];
+              acc += d.weight * (e[k].at(r, c) - e[k].at(r - d.dy, c - d.dx));
+            }
+            gdelta[(b * g.ph + r) * g.pw + c] = acc * spa_scale;
+          }
+      }
+    });
+    for (int64_t b = 0; b < g.n; ++b) {
       double mean[3], k, dk[3];
       for (int c = 0; c < 3; ++c) mean[c] = m.csum[b * 3 + c] / double(g.H * g.W);
       colour(mean, &k, dk);
-      for (int c = 0; c < 3; ++c) gcol[b * 3 + c] = g_col.item<double>() * dk[c] / double(g.n * g.H * g.W);
+      for (int c = 0; c < 3; ++c) gcol[b * 3 + c] = gc * dk[c] / double(g.n * g.H * g.W);
     }
     const double exp_scale = 2.0 * g_exp.item<double>() / double(g.n * g.eh * g.ew) / double(3 * g.e * g.e);
     for (size_t k = 0; k < m.pe.size(); ++k) gexp[k] = (m.pe[k] - level) * exp_scale;
 
     scalar_t* gyp = gy.data_ptr<scalar_t>();
     scalar_t* gip = gi.data_ptr<scalar_t>();
-    at::parallel_for(0, g.n * 3 * g.H, 16, [&](int64_t begin, int64_t end) {
+    const int64_t plane = g.H * g.W;
+    at::parallel_for(0, g.n * g.H, 16, [&](int64_t begin, int64_t end) {
+      // per image row: the spa and exposure gradients spread over their patches' columns once,
+      // then one vectorisable write per channel
+      std::vector<scalar_t> spa_row(g.W), exp_row(g.W);
       for (int64_t row = begin; row < end; ++row) {
-        const int64_t r = row % g.H, ch = (row / g.H) % 3, b = row / (3 * g.H);
-        const bool spa_row = r < g.ph * g.p, exp_row = r < g.eh * g.e;
-        const double* gd = gdelta.data() + (b * g.ph + r / g.p) * g.pw;
-        const double* ge = gexp.data() + (b * g.eh + r / g.e) * g.ew;
-        const double base = gcol[b * 3 + ch];
-        scalar_t* oy = gyp + row * g.W;
-        scalar_t* oi = gip + row * g.W;
-        for (int64_t c = 0; c < g.W; ++c) {
-          const double s = (spa_row && c < g.pw * g.p) ? gd[c / g.p] : 0.0;
-          const double e = (exp_row && c < g.ew * g.e) ? ge[c / g.e] : 0.0;
-          oy[c] = static_cast<scalar_t>(base + s + e);
-          oi[c] = static_cast<scalar_t>(-s);
+        const int64_t r = row % g.H, b = row / g.H;
+        std::fill(spa_row.begin(), spa_row.end(), scalar_t(0));
+        std::fill(exp_row.begin(), exp_row.end(), scalar_t(0));
+        if (r < g.ph * g.p) {
+          const double* gd = gdelta.data() + (b * g.ph + r / g.p) * g.pw;
+          for (int64_t c = 0; c < g.pw * g.p; ++c) spa_row[c] = static_cast<scalar_t>(gd[c / g.p]);
+        }
+        if (r < g.eh * g.e) {
+          const double* ge = gexp.data() + (b * g.eh + r / g.e) * g.ew;
+          for (int64_t c = 0; c < g.ew * g.e; ++c) exp_row[c] = static_cast<scalar_t>(ge[c / g.e]);
+        }
+        const scalar_t* __restrict__ sr = spa_row.data();
+        const scalar_t* __restrict__ er = exp_row.data();
+        for (int64_t ch = 0; ch < 3; ++ch) {
+          const scalar_t base = static_cast<scalar_t>(gcol[b * 3 + ch]);
+          scalar_t* __restrict__ oy = gyp + b * 3 * plane + ch * plane + r * g.W;
+          scalar_t* __restrict__ oi = gip + b * 3 * plane + ch * plane + r * g.W;
+          for (int64_t c = 0; c < g.W; ++c) {
+            oy[c] = base + sr[c] + er[c];
+            oi[c] = -sr[c];
+          }
         }
       }
-    });
   });
   return {gy, gi};
 }
