@@ -37,13 +37,13 @@ def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, p
     if x2 is not None:
         check.tensor4d(op, "x2", x2)
         if x2.shape[0] != x.shape[0] or x2.shape[2:] != x.shape[2:]:
-            check._fail(op, f"x2 of shape {tuple(x2.shape)} does not match x of shape {tuple(x.shape)} "
+            check.fail(op, f"x2 of shape {tuple(x2.shape)} does not match x of shape {tuple(x.shape)} "
                             "outside the channel dimension")
         c += x2.shape[1]
     check.shape(op, "dw_weight", dw_weight, (c, 1, 3, 3))
     check.shape(op, "dw_bias", dw_bias, (c,))
     if not isinstance(pw_weight, Tensor) or pw_weight.dim() != 4:
-        check._fail(op, "pw_weight must be a 4-D tensor (O, C, 1, 1)")
+        check.fail(op, "pw_weight must be a 4-D tensor (O, C, 1, 1)")
     check.shape(op, "pw_weight", pw_weight, (pw_weight.shape[0], c, 1, 1))
     check.shape(op, "pw_bias", pw_bias, (pw_weight.shape[0],))
     check.same_device_dtype(op, x=x, x2=x2, dw_weight=dw_weight, dw_bias=dw_bias, pw_weight=pw_weight,
@@ -63,7 +63,7 @@ def le_curve(x: Tensor, r: Tensor, iterations: int = 8, *, backend: str | None =
     check.tensor4d(op, "x", x)
     check.tensor4d(op, "r", r)
     if r.shape[:2] != x.shape[:2] or r.shape[2] > x.shape[2] or r.shape[3] > x.shape[3]:
-        check._fail(op, f"r of shape {tuple(r.shape)} must have x's batch and channels and at most its "
+        check.fail(op, f"r of shape {tuple(r.shape)} must have x's batch and channels and at most its "
                         f"height and width; x has shape {tuple(x.shape)}")
     check.positive_int(op, "iterations", iterations)
     check.same_device_dtype(op, x=x, r=r)
@@ -76,7 +76,7 @@ def _check_loss_pair(op: str, y: Tensor, i: Tensor, patch: int) -> None:
     check.tensor4d(op, "y", y, channels=3, min_size=patch)
     check.tensor4d(op, "i", i, channels=3, min_size=patch)
     if y.shape != i.shape:
-        check._fail(op, f"y of shape {tuple(y.shape)} and i of shape {tuple(i.shape)} must match")
+        check.fail(op, f"y of shape {tuple(y.shape)} and i of shape {tuple(i.shape)} must match")
     check.same_device_dtype(op, y=y, i=i)
     check.finite(op, y=y, i=i)
 
@@ -84,7 +84,7 @@ def _check_loss_pair(op: str, y: Tensor, i: Tensor, patch: int) -> None:
 def _check_exposure(op: str, y: Tensor, level: float, patch: int) -> None:
     check.positive_int(op, "exposure patch", patch)
     if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0.0 <= level <= 1.0:
-        check._fail(op, f"level must be a number in [0, 1], got {level!r}")
+        check.fail(op, f"level must be a number in [0, 1], got {level!r}")
     check.tensor4d(op, "y", y, channels=3, min_size=patch)
 
 

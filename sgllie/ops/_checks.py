@@ -11,22 +11,23 @@ class OpInputError(ValueError):
     pass
 
 
-def _fail(op: str, msg: str):
+def fail(op: str, msg: str):
+    """Raise OpInputError naming the op."""
     raise OpInputError(f"sgllie.ops.{op}: {msg}")
 
 
 def tensor4d(op: str, name: str, t, channels: int | None = None, min_size: int = 1) -> None:
     """t is a floating NCHW tensor with ``channels`` channels and H, W >= ``min_size``."""
     if not isinstance(t, Tensor):
-        _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 4:
-        _fail(op, f"{name} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+        fail(op, f"{name} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
     if not t.is_floating_point():
-        _fail(op, f"{name} must be a floating-point tensor, got {t.dtype}")
+        fail(op, f"{name} must be a floating-point tensor, got {t.dtype}")
     if channels is not None and t.shape[1] != channels:
-        _fail(op, f"{name} must have {channels} channels, got shape {tuple(t.shape)}")
+        fail(op, f"{name} must have {channels} channels, got shape {tuple(t.shape)}")
     if t.shape[0] == 0 or min(t.shape[-2:]) < min_size:
-        _fail(op, f"{name} of shape {tuple(t.shape)} is too small: needs a batch and H, W >= {min_size}")
+        fail(op, f"{name} of shape {tuple(t.shape)} is too small: needs a batch and H, W >= {min_size}")
 
 
 def same_device_dtype(op: str, **tensors: Tensor) -> None:
@@ -34,21 +35,21 @@ def same_device_dtype(op: str, **tensors: Tensor) -> None:
     first_name, first = items[0]
     for name, t in items[1:]:
         if t.device != first.device or t.dtype != first.dtype:
-            _fail(op, f"{name} is {t.dtype} on {t.device} but {first_name} is {first.dtype} on {first.device}")
+            fail(op, f"{name} is {t.dtype} on {t.device} but {first_name} is {first.dtype} on {first.device}")
 
 
 def shape(op: str, name: str, t, expected: tuple[int, ...]) -> None:
     if not isinstance(t, Tensor):
-        _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if tuple(t.shape) != tuple(expected):
-        _fail(op, f"{name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
+        fail(op, f"{name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
 
 
 def positive_int(op: str, name: str, value, allowed: tuple[int, ...] | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        _fail(op, f"{name} must be a positive int, got {value!r}")
+        fail(op, f"{name} must be a positive int, got {value!r}")
     if allowed is not None and value not in allowed:
-        _fail(op, f"{name} must be one of {allowed}, got {value}")
+        fail(op, f"{name} must be one of {allowed}, got {value}")
 
 
 def _finite_checks_enabled() -> bool:
@@ -70,4 +71,4 @@ def finite(op: str, **tensors: Tensor) -> None:
         return
     for name, t in tensors.items():
         if t is not None and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-            _fail(op, f"{name} contains NaN or Inf")
+            fail(op, f"{name} contains NaN or Inf")
