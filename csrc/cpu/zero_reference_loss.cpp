@@ -246,6 +246,7 @@ std::tuple<at::Tensor, at::Tensor> zero_reference_loss_backward_cpu(
           }
         }
       }
+    });
   });
   return {gy, gi};
 }
