@@ -178,3 +178,33 @@ def test_torch_export():
     assert "sgllie.dsconv2d.default" in names and "sgllie.le_curve.default" in names
     y, _ = program.module()(x)
     assert_close(y, net(x)[0])
+
+
+@pytest.mark.parametrize("backend", [b for b in sgllie.ops.available_backends() if b != "reference"])
+def test_fused_backends_match_reference_backend(backend):
+    """The whole model, forward and parameter gradients, on each fused backend available here."""
+    torch.manual_seed(0)
+    net = sgllie.EnhanceNet(scale_factor=4)
+    x = torch.rand(2, 3, 44, 52)
+    results = {}
+    for name in ("reference", backend):
+        net.zero_grad()
+        with sgllie.ops.use_backend(name):
+            y, r = net(x)
+            (y.square().mean() + r.mean()).backward()
+        results[name] = [y.detach(), r.detach()] + [p.grad.clone() for p in net.parameters()]
+    for a, b in zip(results[backend], results["reference"]):
+        assert_close(a, b, scale=100)
+
+
+@pytest.mark.needs_shared
+@pytest.mark.parametrize("backend", [b for b in sgllie.ops.available_backends() if b != "reference"])
+def test_released_checkpoint_on_fused_backends(backend):
+    model = sgllie.load_model(shared_path("sgz-official", "Epoch99.pth"), scale_factor=12)
+    x = to_tensor(read_image(shared_path("sgz-official", "lowCUT", "22.png")))
+    with torch.no_grad():
+        with sgllie.ops.use_backend("reference"):
+            expected = model.enhance(x)
+        with sgllie.ops.use_backend(backend):
+            got = model.enhance(x)
+    assert_close(got, expected, scale=10)
