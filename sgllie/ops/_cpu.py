@@ -12,7 +12,7 @@ from . import reference
 
 _K = torch.ops.sgllie_C
 _DTYPES = (torch.float32, torch.float64)
-FUSED = ("le_curve", "tv_loss", "zero_reference_loss")
+FUSED = ("dsconv2d forward", "le_curve", "tv_loss", "zero_reference_loss")
 
 
 def le_curve(x, r, iterations):
@@ -47,8 +47,13 @@ def zero_reference_loss_backward(g_spa, g_exp, g_col, y, i, patch, level, exposu
     return _K.zero_reference_loss_backward(g_spa, g_exp, g_col, y, i, patch, level, exposure_patch)
 
 
+def dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, relu=False):
+    if x.dtype not in _DTYPES:
+        return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, relu)
+    return _K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, relu)
+
+
 # Not compiled yet: the reference kernels.
-dsconv2d = reference.dsconv2d
 dsconv2d_backward = reference.dsconv2d_backward
 spatial_consistency_loss = reference.spatial_consistency_loss
 spatial_consistency_loss_backward = reference.spatial_consistency_loss_backward
