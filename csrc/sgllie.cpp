@@ -13,6 +13,8 @@ extern "C" PyObject* PyInit__C(void) {
 TORCH_LIBRARY(sgllie_C, m) {
   m.def("dsconv2d(Tensor x, Tensor? x2, Tensor dw_weight, Tensor dw_bias, Tensor pw_weight, Tensor pw_bias,"
         " bool relu) -> Tensor");
+  m.def("dsconv2d_backward(Tensor grad, Tensor x, Tensor? x2, Tensor dw_weight, Tensor dw_bias,"
+        " Tensor pw_weight, Tensor pw_bias, bool relu) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("le_curve(Tensor x, Tensor r, int iterations) -> Tensor");
   m.def("le_curve_backward(Tensor grad, Tensor x, Tensor r, int iterations) -> (Tensor, Tensor)");
   m.def("zero_reference_loss(Tensor y, Tensor i, int patch, float level, int exposure_patch)"

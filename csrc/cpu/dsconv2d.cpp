@@ -12,6 +12,51 @@
 namespace sgllie {
 namespace {
 
+// The input channels of one image, read from x (first c1) and x2 (next c2): the concatenation the
+// model's skips need, never built.
+template <typename T>
+struct Inputs {
+  const T* x;
+  const T* x2;
+  int64_t c1, c2, H, W;
+  const T* plane(int64_t b, int64_t c) const {
+    return c < c1 ? x + (b * c1 + c) * H * W : x2 + (b * c2 + c - c1) * H * W;
+  }
+};
+
+// z[c, :] = depthwise 3x3 (zero padding) + bias of row r, for every channel c.
+template <typename T>
+void depthwise_rows(const Inputs<T>& in, int64_t b, int64_t r, const T* dw, const T* db, T* z) {
+  const int64_t W = in.W;
+  for (int64_t c = 0; c < in.c1 + in.c2; ++c) {
+    const T* plane = in.plane(b, c);
+    const T* k = dw + c * 9;
+    T* __restrict__ zr = z + c * W;
+    std::fill(zr, zr + W, db[c]);
+    for (int64_t dy = -1; dy <= 1; ++dy) {
+      if (r + dy < 0 || r + dy >= in.H) continue;
+      const T* __restrict__ row = plane + (r + dy) * W;
+      const T k0 = k[(dy + 1) * 3], k1 = k[(dy + 1) * 3 + 1], k2 = k[(dy + 1) * 3 + 2];
+      for (int64_t j = 0; j < W; ++j) zr[j] += k1 * row[j];
+      for (int64_t j = 1; j < W; ++j) zr[j] += k0 * row[j - 1];
+      for (int64_t j = 0; j + 1 < W; ++j) zr[j] += k2 * row[j + 1];
+    }
+  }
+}
+
+// out = bias + sum_c w[c] z[c, :], then ReLU if asked: one output channel of the 1x1 conv.
+template <typename T>
+void pointwise_row(const T* z, const T* w, T bias, int64_t C, int64_t W, bool relu, T* __restrict__ out) {
+  std::fill(out, out + W, bias);
+  for (int64_t c = 0; c < C; ++c) {
+    const T wc = w[c];
+    const T* __restrict__ zr = z + c * W;
+    for (int64_t j = 0; j < W; ++j) out[j] += wc * zr[j];
+  }
+  if (relu)
+    for (int64_t j = 0; j < W; ++j) out[j] = out[j] > T(0) ? out[j] : T(0);
+}
+
 at::Tensor dsconv2d_cpu(const at::Tensor& x_, const std::optional<at::Tensor>& x2_, const at::Tensor& dw_weight,
                         const at::Tensor& dw_bias, const at::Tensor& pw_weight, const at::Tensor& pw_bias,
                         bool relu) {
@@ -35,43 +80,144 @@ at::Tensor dsconv2d_cpu(const at::Tensor& x_, const std::optional<at::Tensor>& x
     const scalar_t* pwp = pw.data_ptr<scalar_t>();
     const scalar_t* pbp = pb.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
+    const Inputs<scalar_t> in{xp, x2p, c1, c2, H, W};
     at::parallel_for(0, n * H, 4, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> z(C * W);
       for (int64_t idx = begin; idx < end; ++idx) {
         const int64_t b = idx / H, r = idx % H;
-        for (int64_t c = 0; c < C; ++c) {  // depthwise 3x3, zero padding
-          const scalar_t* plane = c < c1 ? xp + (b * c1 + c) * H * W : x2p + (b * c2 + c - c1) * H * W;
-          const scalar_t* k = dwp + c * 9;
-          scalar_t* __restrict__ zr = z.data() + c * W;
-          std::fill(zr, zr + W, dbp[c]);
-          for (int64_t dy = -1; dy <= 1; ++dy) {
-            if (r + dy < 0 || r + dy >= H) continue;
-            const scalar_t* __restrict__ row = plane + (r + dy) * W;
-            const scalar_t k0 = k[(dy + 1) * 3], k1 = k[(dy + 1) * 3 + 1], k2 = k[(dy + 1) * 3 + 2];
-            for (int64_t j = 0; j < W; ++j) zr[j] += k1 * row[j];
-            for (int64_t j = 1; j < W; ++j) zr[j] += k0 * row[j - 1];
-            for (int64_t j = 0; j + 1 < W; ++j) zr[j] += k2 * row[j + 1];
-          }
-        }
-        for (int64_t o = 0; o < O; ++o) {  // pointwise 1x1: out row = bias + sum_c w[o, c] z[c]
-          scalar_t* __restrict__ out = yp + ((b * O + o) * H + r) * W;
-          std::fill(out, out + W, pbp[o]);
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t w = pwp[o * C + c];
-            const scalar_t* __restrict__ zr = z.data() + c * W;
-            for (int64_t j = 0; j < W; ++j) out[j] += w * zr[j];
-          }
-          if (relu)
-            for (int64_t j = 0; j < W; ++j) out[j] = out[j] > scalar_t(0) ? out[j] : scalar_t(0);
-        }
+        depthwise_rows(in, b, r, dwp, dbp, z.data());
+        for (int64_t o = 0; o < O; ++o)
+          pointwise_row(z.data(), pwp + o * C, pbp[o], C, W, relu, yp + ((b * O + o) * H + r) * W);
       }
     });
   });
   return y;
 }
 
+// Backward in two passes over rows. Pass 1, per row: recompute z (and the ReLU mask), then the
+// pointwise weight/bias gradients, gz = W^T g, the depthwise weight/bias gradients from gz and the
+// input rows; gz is kept. Pass 2: grad of the inputs = the transposed depthwise conv of gz.
+// Weight gradients are summed per fixed block of rows, then the blocks in order: deterministic
+// whatever the number of threads.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dsconv2d_backward_cpu(
+    const at::Tensor& grad_, const at::Tensor& x_, const std::optional<at::Tensor>& x2_,
+    const at::Tensor& dw_weight, const at::Tensor& dw_bias, const at::Tensor& pw_weight,
+    const at::Tensor& pw_bias, bool relu) {
+  const at::Tensor x = x_.contiguous();
+  const at::Tensor x2 = x2_.has_value() ? x2_->contiguous() : at::Tensor();
+  const int64_t n = x.size(0), c1 = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t c2 = x2.defined() ? x2.size(1) : 0, C = c1 + c2, O = pw_weight.size(0);
+  const at::Tensor grad = grad_.contiguous().to(x.scalar_type());
+  TORCH_CHECK(grad.size(0) == n && grad.size(1) == O && grad.size(2) == H && grad.size(3) == W,
+              "sgllie_C::dsconv2d_backward: grad has the wrong shape");
+  const at::Tensor dw = dw_weight.contiguous(), db = dw_bias.contiguous();
+  const at::Tensor pw = pw_weight.contiguous(), pb = pw_bias.contiguous();
+  at::Tensor gz_all = at::empty({n, C, H, W}, x.options());
+  at::Tensor gx = at::empty_like(x);
+  at::Tensor gx2 = x2.defined() ? at::empty_like(x2) : at::empty({0}, x.options());
+  constexpr int64_t kBlock = 8;  // rows per partial sum
+  const int64_t blocks = (n * H + kBlock - 1) / kBlock;
+  const int64_t per_block = O * C + O + C * 9 + C;  // gpw, gpb, gdw, gdb
+  std::vector<double> partial(blocks * per_block, 0.0);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgllie_C::dsconv2d_backward", [&] {
+    const Inputs<scalar_t> in{x.data_ptr<scalar_t>(), x2.defined() ? x2.data_ptr<scalar_t>() : nullptr,
+                              c1, c2, H, W};
+    const scalar_t* dwp = dw.data_ptr<scalar_t>();
+    const scalar_t* dbp = db.data_ptr<scalar_t>();
+    const scalar_t* pwp = pw.data_ptr<scalar_t>();
+    const scalar_t* pbp = pb.data_ptr<scalar_t>();
+    const scalar_t* gp = grad.data_ptr<scalar_t>();
+    scalar_t* gzp = gz_all.data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> z(C * W), g(O * W), y(W);
+      for (int64_t blk = begin; blk < end; ++blk) {
+        double* acc = partial.data() + blk * per_block;
+        double *gpw = acc, *gpb = acc + O * C, *gdw = gpb + O, *gdb = gdw + C * 9;
+        for (int64_t idx = blk * kBlock; idx < std::min((blk + 1) * kBlock, n * H); ++idx) {
+          const int64_t b = idx / H, r = idx % H;
+          depthwise_rows(in, b, r, dwp, dbp, z.data());
+          for (int64_t o = 0; o < O; ++o) {
+            scalar_t* __restrict__ go = g.data() + o * W;
+            std::copy(gp + ((b * O + o) * H + r) * W, gp + ((b * O + o) * H + r + 1) * W, go);
+            if (relu) {  // the mask needs the pre-activation: recompute it
+              pointwise_row(z.data(), pwp + o * C, pbp[o], C, W, false, y.data());
+              for (int64_t j = 0; j < W; ++j) go[j] = y[j] > scalar_t(0) ? go[j] : scalar_t(0);
+            }
+            double sb = 0;
+            for (int64_t j = 0; j < W; ++j) sb += go[j];
+            gpb[o] += sb;
+            for (int64_t c = 0; c < C; ++c) {
+              const scalar_t* __restrict__ zr = z.data() + c * W;
+              scalar_t s = 0;
+              for (int64_t j = 0; j < W; ++j) s += go[j] * zr[j];
+              gpw[o * C + c] += s;
+            }
+          }
+          for (int64_t c = 0; c < C; ++c) {  // gz = W^T g, then the depthwise parameter gradients
+            scalar_t* __restrict__ gzr = gzp + ((b * C + c) * H + r) * W;
+            std::fill(gzr, gzr + W, scalar_t(0));
+            for (int64_t o = 0; o < O; ++o) {
+              const scalar_t w = pwp[o * C + c];
+              const scalar_t* __restrict__ go = g.data() + o * W;
+              for (int64_t j = 0; j < W; ++j) gzr[j] += w * go[j];
+            }
+            double sb = 0;
+            for (int64_t j = 0; j < W; ++j) sb += gzr[j];
+            gdb[c] += sb;
+            const scalar_t* plane = in.plane(b, c);
+            for (int64_t dy = -1; dy <= 1; ++dy) {
+              if (r + dy < 0 || r + dy >= H) continue;
+              const scalar_t* __restrict__ row = plane + (r + dy) * W;
+              scalar_t s0 = 0, s1 = 0, s2 = 0;
+              for (int64_t j = 1; j < W; ++j) s0 += gzr[j] * row[j - 1];
+              for (int64_t j = 0; j < W; ++j) s1 += gzr[j] * row[j];
+              for (int64_t j = 0; j + 1 < W; ++j) s2 += gzr[j] * row[j + 1];
+              gdw[c * 9 + (dy + 1) * 3] += s0;
+              gdw[c * 9 + (dy + 1) * 3 + 1] += s1;
+              gdw[c * 9 + (dy + 1) * 3 + 2] += s2;
+            }
+          }
+        }
+      }
+    });
+    // pass 2: gx[r, j] = sum_{dy, dx} w[dy, dx] gz[r - dy, j - dx]
+    scalar_t* gxp = gx.data_ptr<scalar_t>();
+    scalar_t* gx2p = x2.defined() ? gx2.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, n * C * H, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) {
+        const int64_t r = idx % H, c = (idx / H) % C, b = idx / (C * H);
+        scalar_t* __restrict__ out = c < c1 ? gxp + ((b * c1 + c) * H + r) * W
+                                            : gx2p + ((b * c2 + c - c1) * H + r) * W;
+        std::fill(out, out + W, scalar_t(0));
+        const scalar_t* k = dwp + c * 9;
+        for (int64_t dy = -1; dy <= 1; ++dy) {
+          if (r - dy < 0 || r - dy >= H) continue;
+          const scalar_t* __restrict__ gzr = gzp + ((b * C + c) * H + r - dy) * W;
+          const scalar_t k0 = k[(dy + 1) * 3], k1 = k[(dy + 1) * 3 + 1], k2 = k[(dy + 1) * 3 + 2];
+          for (int64_t j = 0; j < W; ++j) out[j] += k1 * gzr[j];
+          for (int64_t j = 1; j < W; ++j) out[j] += k2 * gzr[j - 1];  // dx = +1: gz[j - 1]
+          for (int64_t j = 0; j + 1 < W; ++j) out[j] += k0 * gzr[j + 1];  // dx = -1: gz[j + 1]
+        }
+      }
+    });
+  });
+  std::vector<double> total(per_block, 0.0);
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t k = 0; k < per_block; ++k) total[k] += partial[blk * per_block + k];
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const auto part = [&](int64_t off, int64_t len, const at::Tensor& like) {
+    // a copy: from_blob aliases `total`, which dies with this function
+    return at::from_blob(total.data() + off, {len}, f64).to(like.scalar_type(), false, true).reshape(like.sizes());
+  };
+  return {gx, gx2, part(O * C + O, C * 9, dw_weight), part(O * C + O + C * 9, C, dw_bias),
+          part(0, O * C, pw_weight), part(O * C, O, pw_bias)};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sgllie_C, CPU, m) { m.impl("dsconv2d", &dsconv2d_cpu); }
+TORCH_LIBRARY_IMPL(sgllie_C, CPU, m) {
+  m.impl("dsconv2d", &dsconv2d_cpu);
+  m.impl("dsconv2d_backward", &dsconv2d_backward_cpu);
+}
 
 }  // namespace sgllie

@@ -12,7 +12,7 @@ from . import reference
 
 _K = torch.ops.sgllie_C
 _DTYPES = (torch.float32, torch.float64)
-FUSED = ("dsconv2d forward", "le_curve", "tv_loss", "zero_reference_loss")
+FUSED = ("dsconv2d", "le_curve", "tv_loss", "zero_reference_loss")
 
 
 def le_curve(x, r, iterations):
@@ -53,8 +53,14 @@ def dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, relu=False):
     return _K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, relu)
 
 
+def dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, relu=False):
+    if x.dtype not in _DTYPES:
+        return reference.dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, relu)
+    gx, gx2, *gparams = _K.dsconv2d_backward(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, relu)
+    return (gx, None if x2 is None else gx2, *gparams)
+
+
 # Not compiled yet: the reference kernels.
-dsconv2d_backward = reference.dsconv2d_backward
 spatial_consistency_loss = reference.spatial_consistency_loss
 spatial_consistency_loss_backward = reference.spatial_consistency_loss_backward
 exposure_loss = reference.exposure_loss
