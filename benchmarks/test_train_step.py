@@ -53,7 +53,12 @@ def test_train_step(variant, device, timer):
     if variant != "eager":  # same loss and gradients as eager (this first call also compiles)
         expected = _loss_and_grads(_loss_fn(model, "eager"), model, x)
         mark()
-        tol = dict(rtol=1e-3, atol=1e-4) if variant.startswith("compile") else {}
+        # Compiled and fused variants reorder float32 sums through 7 layers and the losses, so they
+        # differ from eager by about eager's own rounding error: measured against float64, eager's
+        # gradients err by up to 4.5e-4 of their largest value, the fused cpu backend's by 1e-4
+        # (tests/test_model.py checks fused <= 2x eager). atol is relative to the largest value.
+        tol = ({} if variant == "eager-plain" else dict(rtol=1e-3, atol=1e-4) if variant.startswith("compile")
+               else dict(rtol=1e-3, atol=1e-3))
         assert_close(_loss_and_grads(loss_fn, model, x), expected, variant, **tol)
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)

@@ -148,8 +148,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
             gpb[o] += sb;
             for (int64_t c = 0; c < C; ++c) {
               const scalar_t* __restrict__ zr = z.data() + c * W;
-              scalar_t s = 0;
-              for (int64_t j = 0; j < W; ++j) s += go[j] * zr[j];
+              double s = 0;  // in double: these sums cancel a lot, float loses digits here
+              for (int64_t j = 0; j < W; ++j) s += double(go[j]) * double(zr[j]);
               gpw[o * C + c] += s;
             }
           }
@@ -168,10 +168,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
             for (int64_t dy = -1; dy <= 1; ++dy) {
               if (r + dy < 0 || r + dy >= H) continue;
               const scalar_t* __restrict__ row = plane + (r + dy) * W;
-              scalar_t s0 = 0, s1 = 0, s2 = 0;
-              for (int64_t j = 1; j < W; ++j) s0 += gzr[j] * row[j - 1];
-              for (int64_t j = 0; j < W; ++j) s1 += gzr[j] * row[j];
-              for (int64_t j = 0; j + 1 < W; ++j) s2 += gzr[j] * row[j + 1];
+              double s0 = 0, s1 = 0, s2 = 0;
+              for (int64_t j = 1; j < W; ++j) s0 += double(gzr[j]) * double(row[j - 1]);
+              for (int64_t j = 0; j < W; ++j) s1 += double(gzr[j]) * double(row[j]);
+              for (int64_t j = 0; j + 1 < W; ++j) s2 += double(gzr[j]) * double(row[j + 1]);
               gdw[c * 9 + (dy + 1) * 3] += s0;
               gdw[c * 9 + (dy + 1) * 3 + 1] += s1;
               gdw[c * 9 + (dy + 1) * 3 + 2] += s2;
