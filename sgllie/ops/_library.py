@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ._backends import kernels
 
-_EMPTY = ()  # placeholder returned where an optional input gets no gradient
+_EMPTY = ()  # shape of the placeholder returned for x2's gradient when there is no x2 (autograd drops it)
 
 
 def _scalar(t: Tensor) -> Tensor:
