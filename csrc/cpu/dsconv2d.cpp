@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "sgllie/cpu_output.h"
+
 #include <vector>
 
 namespace sgllie {
@@ -71,7 +73,7 @@ at::Tensor dsconv2d_cpu(const at::Tensor& x_, const std::optional<at::Tensor>& x
               "sgllie_C::dsconv2d: x2 must match x outside the channel dimension");
   const at::Tensor dw = dw_weight.contiguous(), db = dw_bias.contiguous();
   const at::Tensor pw = pw_weight.contiguous(), pb = pw_bias.contiguous();
-  at::Tensor y = at::empty({n, O, H, W}, x.options());
+  at::Tensor y = new_output({n, O, H, W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgllie_C::dsconv2d", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* x2p = x2.defined() ? x2.data_ptr<scalar_t>() : nullptr;
@@ -112,9 +114,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               "sgllie_C::dsconv2d_backward: grad has the wrong shape");
   const at::Tensor dw = dw_weight.contiguous(), db = dw_bias.contiguous();
   const at::Tensor pw = pw_weight.contiguous(), pb = pw_bias.contiguous();
-  at::Tensor gz_all = at::empty({n, C, H, W}, x.options());
-  at::Tensor gx = at::empty_like(x);
-  at::Tensor gx2 = x2.defined() ? at::empty_like(x2) : at::empty({0}, x.options());
+  at::Tensor gz_all = new_output({n, C, H, W}, x.options());
+  at::Tensor gx = new_output_like(x);
+  at::Tensor gx2 = x2.defined() ? new_output_like(x2) : at::empty({0}, x.options());
   constexpr int64_t kBlock = 8;  // rows per partial sum
   const int64_t blocks = (n * H + kBlock - 1) / kBlock;
   const int64_t per_block = O * C + O + C * 9 + C;  // gpw, gpb, gdw, gdb

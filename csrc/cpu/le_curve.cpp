@@ -1,16 +1,26 @@
 // LE curve on the CPU: 8 steps of x + r (x^2 - x) per pixel with the align_corners=True bilinear
-// upsample of a smaller r fused in. One read of x and r, one write of y; rows run in parallel.
+// upsample of a smaller r fused in. One read of x, one write of y; rows run in parallel.
+//
+// The upsample is separable: r's rows are first resized along the width (a small (h, W) map per
+// plane, built once), then each output row is a blend of two of those rows, a plain vector loop.
+// The blend order (columns, then rows) is PyTorch's, so the factors round as the reference's do.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "sgllie/cpu_output.h"
+
+#include <algorithm>
 #include <vector>
 
+#include "sgllie/cpu_simd.h"
 #include "sgllie/math.h"
 
 namespace sgllie {
 namespace {
+
+constexpr int64_t kChunk = 256;  // pixels per pass: the chunk and its factors stay in L1
 
 void check_inputs(const at::Tensor& x, const at::Tensor& r, int64_t iterations) {
   TORCH_CHECK(iterations >= 1, "sgllie_C::le_curve: iterations must be >= 1");
@@ -22,57 +32,124 @@ void check_inputs(const at::Tensor& x, const at::Tensor& r, int64_t iterations) 
   TORCH_CHECK(x.device().is_cpu() && r.device().is_cpu(), "sgllie_C::le_curve: CPU tensors expected");
 }
 
-// Column taps from r's width to x's width, shared by every row and plane.
 template <typename T>
-std::vector<Lerp<T>> column_taps(int64_t w, int64_t W) {
-  std::vector<Lerp<T>> taps(W);
-  for (int64_t j = 0; j < W; ++j) taps[j] = align_corners_lerp<T>(static_cast<int>(j), w, W);
-  return taps;
+std::vector<Lerp<T>> taps(int64_t in_size, int64_t out_size) {
+  std::vector<Lerp<T>> t(out_size);
+  for (int64_t j = 0; j < out_size; ++j)
+    t[j] = align_corners_lerp<T>(static_cast<int>(j), static_cast<int>(in_size), static_cast<int>(out_size));
+  return t;
 }
 
-// Row i of the upsampled r of one plane into `out` (W values); `tmp` holds w values.
+// Every row of r (planes * h rows of w) resized to W columns.
 template <typename T>
-void upsampled_row(const T* plane, int64_t h, int64_t w, int64_t H, int64_t i,
-                   const std::vector<Lerp<T>>& cols, T* tmp, T* out) {
-  const Lerp<T> row = align_corners_lerp<T>(static_cast<int>(i), h, H);
-  const T* r0 = plane + row.i0 * w;
-  const T* r1 = plane + row.i1 * w;
-  const T wy = row.w1;
-  for (int64_t j = 0; j < w; ++j) tmp[j] = (T(1) - wy) * r0[j] + wy * r1[j];
-  for (size_t j = 0; j < cols.size(); ++j) {
-    const T wx = cols[j].w1;
-    out[j] = (T(1) - wx) * tmp[cols[j].i0] + wx * tmp[cols[j].i1];
+std::vector<T> width_resized(const T* r, int64_t rows, int64_t w, const std::vector<Lerp<T>>& cols) {
+  const int64_t W = static_cast<int64_t>(cols.size());
+  std::vector<T> out(rows * W);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const T* src = r + k * w;
+      T* dst = out.data() + k * W;
+      for (int64_t j = 0; j < W; ++j) dst[j] = (T(1) - cols[j].w1) * src[cols[j].i0] + cols[j].w1 * src[cols[j].i1];
+    }
+  });
+  return out;
+}
+
+// One output row's factors: r0 (and, when r is upsampled, the blend with r1 by wy), chunk [j0, j0+n).
+template <typename T>
+inline const T* row_factors(const T* r0, const T* r1, T wy, int64_t j0, int64_t n, T* buf) {
+  if (r1 == nullptr) return r0 + j0;
+  for (int64_t j = 0; j < n; ++j) buf[j] = (T(1) - wy) * r0[j0 + j] + wy * r1[j0 + j];
+  return buf;
+}
+
+template <typename T>
+SGLLIE_SIMD_CLONES void le_row(const T* __restrict__ x, const T* r0, const T* r1, T wy, int64_t W,
+                               int64_t iterations, T* __restrict__ y) {
+  T buf[kChunk];
+  for (int64_t j0 = 0; j0 < W; j0 += kChunk) {
+    const int64_t n = std::min(kChunk, W - j0);
+    const T* __restrict__ rr = row_factors(r0, r1, wy, j0, n, buf);
+    T* __restrict__ yc = y + j0;
+    const T* __restrict__ xc = x + j0;
+    for (int64_t j = 0; j < n; ++j) yc[j] = le_step(xc[j], rr[j]);
+    for (int64_t k = 1; k < iterations; ++k)
+      for (int64_t j = 0; j < n; ++j) yc[j] = le_step(yc[j], rr[j]);
   }
 }
+
+// Gradients of one row: gx, and the gradient of the row's full-size factors (gr).
+template <typename T>
+SGLLIE_SIMD_CLONES void le_row_backward(const T* __restrict__ g, const T* __restrict__ x, const T* r0,
+                                        const T* r1, T wy, int64_t W, int64_t iterations, T* __restrict__ gx,
+                                        T* __restrict__ gr, T* __restrict__ steps /* iterations * kChunk */) {
+  T buf[kChunk];
+  for (int64_t j0 = 0; j0 < W; j0 += kChunk) {
+    const int64_t n = std::min(kChunk, W - j0);
+    const T* __restrict__ rr = row_factors(r0, r1, wy, j0, n, buf);
+    std::copy(x + j0, x + j0 + n, steps);  // forward again, keeping each step's input
+    for (int64_t k = 1; k < iterations; ++k) {
+      const T* __restrict__ prev = steps + (k - 1) * kChunk;
+      T* __restrict__ cur = steps + k * kChunk;
+      for (int64_t j = 0; j < n; ++j) cur[j] = le_step(prev[j], rr[j]);
+    }
+    T* __restrict__ gxc = gx + j0;
+    T* __restrict__ grc = gr + j0;
+    const T* __restrict__ gc = g + j0;
+    for (int64_t j = 0; j < n; ++j) {
+      grc[j] = T(0);
+      gxc[j] = gc[j];
+    }
+    for (int64_t k = iterations - 1; k >= 0; --k) {
+      const T* __restrict__ xk = steps + k * kChunk;
+      for (int64_t j = 0; j < n; ++j) {
+        grc[j] += gxc[j] * le_step_dr(xk[j]);
+        gxc[j] *= le_step_dx(xk[j], rr[j]);
+      }
+    }
+  }
+}
+
+// The rows of r (or of its width-resized form) that output row i of a plane blends.
+template <typename T>
+struct RowSource {
+  const T* base;        // r itself (same size) or its width-resized rows
+  int64_t h, W;         // rows per plane in `base`, row length
+  std::vector<Lerp<T>> rows;  // empty when r has x's size
+  void at(int64_t plane, int64_t i, const T** r0, const T** r1, T* wy) const {
+    if (rows.empty()) {
+      *r0 = base + (plane * h + i) * W;
+      *r1 = nullptr;
+      *wy = T(0);
+      return;
+    }
+    const Lerp<T>& l = rows[i];
+    *r0 = base + (plane * h + l.i0) * W;
+    *r1 = base + (plane * h + l.i1) * W;
+    *wy = l.w1;
+  }
+};
 
 at::Tensor le_curve_cpu(const at::Tensor& x_, const at::Tensor& r_, int64_t iterations) {
   check_inputs(x_, r_, iterations);
   const at::Tensor x = x_.contiguous(), r = r_.contiguous();
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = new_output_like(x);
   const int64_t planes = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
   const int64_t h = r.size(2), w = r.size(3);
   const bool same = h == H && w == W;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgllie_C::le_curve", [&] {
-    const std::vector<Lerp<scalar_t>> cols = column_taps<scalar_t>(w, W);
+    const std::vector<scalar_t> wide =
+        same ? std::vector<scalar_t>() : width_resized(r.data_ptr<scalar_t>(), planes * h, w, taps<scalar_t>(w, W));
+    const RowSource<scalar_t> src{same ? r.data_ptr<scalar_t>() : wide.data(), h, W,
+                                  same ? std::vector<Lerp<scalar_t>>() : taps<scalar_t>(h, H)};
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* rp = r.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     at::parallel_for(0, planes * H, 16, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> rrow(same ? 0 : W), tmp(same ? 0 : w);
       for (int64_t idx = begin; idx < end; ++idx) {
-        const int64_t plane = idx / H, i = idx % H;
-        const scalar_t* __restrict__ xr = xp + idx * W;
-        scalar_t* __restrict__ yr = yp + idx * W;
-        const scalar_t* __restrict__ rr = rp + idx * W;
-        if (!same) {
-          upsampled_row(rp + plane * h * w, h, w, H, i, cols, tmp.data(), rrow.data());
-          rr = rrow.data();
-        }
-        // step by step over the whole row: each pass is a simple loop the compiler vectorises,
-        // and the row stays in cache between passes
-        for (int64_t j = 0; j < W; ++j) yr[j] = le_step(xr[j], rr[j]);
-        for (int64_t k = 1; k < iterations; ++k)
-          for (int64_t j = 0; j < W; ++j) yr[j] = le_step(yr[j], rr[j]);
+        const scalar_t *r0, *r1;
+        scalar_t wy;
+        src.at(idx / H, idx % H, &r0, &r1, &wy);
+        le_row(xp + idx * W, r0, r1, wy, W, iterations, yp + idx * W);
       }
     });
   });
@@ -84,65 +161,55 @@ std::tuple<at::Tensor, at::Tensor> le_curve_backward_cpu(const at::Tensor& grad_
   check_inputs(x_, r_, iterations);
   TORCH_CHECK(grad_.sizes() == x_.sizes(), "sgllie_C::le_curve_backward: grad must have x's shape");
   const at::Tensor grad = grad_.contiguous().to(x_.scalar_type()), x = x_.contiguous(), r = r_.contiguous();
-  at::Tensor gx = at::empty_like(x);
-  at::Tensor gr = at::zeros_like(r);
+  at::Tensor gx = new_output_like(x);
+  at::Tensor gr = new_output_like(r);
   const int64_t planes = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
   const int64_t h = r.size(2), w = r.size(3);
   const bool same = h == H && w == W;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sgllie_C::le_curve_backward", [&] {
-    const std::vector<Lerp<scalar_t>> cols = column_taps<scalar_t>(w, W);
+    const std::vector<Lerp<scalar_t>> cols = same ? std::vector<Lerp<scalar_t>>() : taps<scalar_t>(w, W);
+    const std::vector<scalar_t> wide =
+        same ? std::vector<scalar_t>() : width_resized(r.data_ptr<scalar_t>(), planes * h, w, cols);
+    const RowSource<scalar_t> src{same ? r.data_ptr<scalar_t>() : wide.data(), h, W,
+                                  same ? std::vector<Lerp<scalar_t>>() : taps<scalar_t>(h, H)};
     const scalar_t* gp = grad.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* rp = r.data_ptr<scalar_t>();
     scalar_t* gxp = gx.data_ptr<scalar_t>();
     scalar_t* grp = gr.data_ptr<scalar_t>();
-    // Planes in parallel: the upsample's adjoint scatters every row of a plane into shared rows
-    // of the small r, so one plane belongs to one thread (no atomics, deterministic).
+    // Upsampled r: each output row's factor gradient, folded back to r's width (the adjoint of
+    // the width resize), is kept per row; a second pass folds the rows in order, per plane.
+    std::vector<scalar_t> folded(same ? 0 : planes * H * w);
+    at::parallel_for(0, planes * H, 16, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> steps(iterations * kChunk), grow(same ? 0 : W);
+      for (int64_t idx = begin; idx < end; ++idx) {
+        const scalar_t *r0, *r1;
+        scalar_t wy;
+        src.at(idx / H, idx % H, &r0, &r1, &wy);
+        scalar_t* gr_row = same ? grp + idx * W : grow.data();
+        le_row_backward(gp + idx * W, xp + idx * W, r0, r1, wy, W, iterations, gxp + idx * W, gr_row,
+                        steps.data());
+        if (same) continue;
+        scalar_t* f = folded.data() + idx * w;
+        std::fill(f, f + w, scalar_t(0));
+        for (int64_t j = 0; j < W; ++j) {
+          f[cols[j].i0] += (scalar_t(1) - cols[j].w1) * gr_row[j];
+          f[cols[j].i1] += cols[j].w1 * gr_row[j];
+        }
+      }
+    });
+    if (same) return;
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> steps(iterations * W), rrow(W), grow(W), tmp(w);
       for (int64_t plane = begin; plane < end; ++plane) {
-        for (int64_t i = 0; i < H; ++i) {
-          const int64_t off = (plane * H + i) * W;
-          const scalar_t* rr = rp + off;
-          if (!same) {
-            upsampled_row(rp + plane * h * w, h, w, H, i, cols, tmp.data(), rrow.data());
-            rr = rrow.data();
-          }
-          // forward again, keeping the input of every step
-          std::copy(xp + off, xp + off + W, steps.begin());
-          for (int64_t k = 1; k < iterations; ++k) {
-            const scalar_t* prev = steps.data() + (k - 1) * W;
-            scalar_t* cur = steps.data() + k * W;
-            for (int64_t j = 0; j < W; ++j) cur[j] = le_step(prev[j], rr[j]);
-          }
-          scalar_t* g = gxp + off;
-          std::copy(gp + off, gp + off + W, g);
-          std::fill(grow.begin(), grow.end(), scalar_t(0));
-          for (int64_t k = iterations - 1; k >= 0; --k) {
-            const scalar_t* xk = steps.data() + k * W;
-            for (int64_t j = 0; j < W; ++j) {
-              grow[j] += g[j] * le_step_dr(xk[j]);
-              g[j] *= le_step_dx(xk[j], rr[j]);
-            }
-          }
-          if (same) {
-            std::copy(grow.begin(), grow.end(), grp + off);
-            continue;
-          }
-          // adjoint of upsampled_row: columns, then rows
-          std::fill(tmp.begin(), tmp.end(), scalar_t(0));
-          for (int64_t j = 0; j < W; ++j) {
-            const scalar_t wx = cols[j].w1;
-            tmp[cols[j].i0] += (scalar_t(1) - wx) * grow[j];
-            tmp[cols[j].i1] += wx * grow[j];
-          }
-          const Lerp<scalar_t> row = align_corners_lerp<scalar_t>(static_cast<int>(i), h, H);
-          const scalar_t wy = row.w1;
-          scalar_t* g0 = grp + (plane * h + row.i0) * w;
-          scalar_t* g1 = grp + (plane * h + row.i1) * w;
+        scalar_t* out = grp + plane * h * w;
+        std::fill(out, out + h * w, scalar_t(0));
+        for (int64_t i = 0; i < H; ++i) {  // rows in order: the same sums whatever the threads
+          const Lerp<scalar_t>& l = src.rows[i];
+          const scalar_t* f = folded.data() + (plane * H + i) * w;
+          scalar_t* g0 = out + l.i0 * w;
+          scalar_t* g1 = out + l.i1 * w;
           for (int64_t j = 0; j < w; ++j) {
-            g0[j] += (scalar_t(1) - wy) * tmp[j];
-            g1[j] += wy * tmp[j];
+            g0[j] += (scalar_t(1) - l.w1) * f[j];
+            g1[j] += l.w1 * f[j];
           }
         }
       }

@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "sgllie/cpu_output.h"
+
 #include <vector>
 
 namespace sgllie {
@@ -55,7 +57,7 @@ at::Tensor tv_loss_cpu(const at::Tensor& r_) {
 at::Tensor tv_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& r_) {
   check_input(r_);
   const at::Tensor r = r_.contiguous();
-  at::Tensor g = at::empty_like(r);
+  at::Tensor g = new_output_like(r);
   const int64_t n = r.size(0), rows = r.size(0) * r.size(1) * r.size(2), H = r.size(2), W = r.size(3);
   const double gv = grad.item<double>();
   const double ch = 4.0 * gv / ((H - 1) * W * n), cw = 4.0 * gv / (H * (W - 1) * n);
