@@ -17,10 +17,12 @@ TORCH_LIBRARY(sgllie_C, m) {
         " Tensor pw_weight, Tensor pw_bias, bool relu) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("le_curve(Tensor x, Tensor r, int iterations) -> Tensor");
   m.def("le_curve_backward(Tensor grad, Tensor x, Tensor r, int iterations) -> (Tensor, Tensor)");
+  // (spa, exp, col, pooled_grads); the backward expands pooled_grads without reading y or i
+  // again (layout: sgllie/ops/reference.py, zero_reference_loss_forward)
   m.def("zero_reference_loss(Tensor y, Tensor i, int patch, float level, int exposure_patch)"
-        " -> (Tensor, Tensor, Tensor)");
-  m.def("zero_reference_loss_backward(Tensor g_spa, Tensor g_exp, Tensor g_col, Tensor y, Tensor i,"
-        " int patch, float level, int exposure_patch) -> (Tensor, Tensor)");
+        " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("zero_reference_loss_backward(Tensor g_spa, Tensor g_exp, Tensor g_col, Tensor pooled_grads,"
+        " Tensor y, bool need_grad_i, int patch, int exposure_patch) -> (Tensor, Tensor)");
   m.def("tv_loss(Tensor r) -> Tensor");
   m.def("tv_loss_backward(Tensor grad, Tensor r) -> Tensor");
 }

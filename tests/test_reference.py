@@ -195,5 +195,9 @@ def test_zero_reference_loss_backward_formula():
     y, i = _f64(2, 3, 33, 37), _f64(2, 3, 33, 37)
     gs = [torch.tensor(v, dtype=torch.float64) for v in (0.5, 2.0, -1.5)]
     expected = _autograd(lambda a, b: R.zero_reference_loss(a, b, 4, 0.6, 16), [y, i], gs)
-    for a, b in zip(R.zero_reference_loss_backward(*gs, y, i, 4, 0.6, 16), expected):
+    *losses, pooled = R.zero_reference_loss_forward(y, i, 4, 0.6, 16)
+    for a, b in zip(losses, R.zero_reference_loss(y, i, 4, 0.6, 16)):
         assert_close(a, b)
+    for a, b in zip(R.zero_reference_loss_backward(*gs, pooled, y, True, 4, 16), expected):
+        assert_close(a, b)
+    assert R.zero_reference_loss_backward(*gs, pooled, y, False, 4, 16)[1] is None

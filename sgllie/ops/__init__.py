@@ -126,5 +126,6 @@ def zero_reference_loss(y: Tensor, i: Tensor, *, patch: int = 4, level: float = 
     op = "zero_reference_loss"
     _check_loss_pair(op, y, i, patch)
     _check_exposure(op, y, level, exposure_patch)
-    return _library.zero_reference_loss(y, i, patch, float(level), exposure_patch,
-                                        resolve(op, backend, y.device))
+    spa, exp, col, _ = _library.zero_reference_loss(y, i, patch, float(level), exposure_patch,
+                                                    resolve(op, backend, y.device))
+    return spa, exp, col

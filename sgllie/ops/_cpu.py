@@ -35,16 +35,19 @@ def tv_loss_backward(grad, r):
     return _K.tv_loss_backward(grad, r) if r.dtype in _DTYPES else reference.tv_loss_backward(grad, r)
 
 
-def zero_reference_loss(y, i, patch, level, exposure_patch):
+def zero_reference_loss_forward(y, i, patch, level, exposure_patch):
     if y.dtype not in _DTYPES:
-        return reference.zero_reference_loss(y, i, patch, level, exposure_patch)
+        return reference.zero_reference_loss_forward(y, i, patch, level, exposure_patch)
     return _K.zero_reference_loss(y, i, patch, level, exposure_patch)
 
 
-def zero_reference_loss_backward(g_spa, g_exp, g_col, y, i, patch, level, exposure_patch):
+def zero_reference_loss_backward(g_spa, g_exp, g_col, pooled_grads, y, need_grad_i, patch, exposure_patch):
     if y.dtype not in _DTYPES:
-        return reference.zero_reference_loss_backward(g_spa, g_exp, g_col, y, i, patch, level, exposure_patch)
-    return _K.zero_reference_loss_backward(g_spa, g_exp, g_col, y, i, patch, level, exposure_patch)
+        return reference.zero_reference_loss_backward(g_spa, g_exp, g_col, pooled_grads, y, need_grad_i,
+                                                      patch, exposure_patch)
+    gy, gi = _K.zero_reference_loss_backward(g_spa, g_exp, g_col, pooled_grads, y, need_grad_i, patch,
+                                             exposure_patch)
+    return gy, gi if need_grad_i else None
 
 
 def dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, relu=False):

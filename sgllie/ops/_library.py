@@ -230,38 +230,46 @@ tv_loss.register_autograd(_tv_grad, setup_context=_tv_setup)
 
 @torch.library.custom_op("sgllie::zero_reference_loss", mutates_args=())
 def zero_reference_loss(y: Tensor, i: Tensor, patch: int, level: float, exposure_patch: int, backend: str
-                        ) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(kernels(backend).zero_reference_loss(y, i, patch, level, exposure_patch))
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(spa, exp, col, pooled_grads): see reference.zero_reference_loss_forward."""
+    return tuple(kernels(backend).zero_reference_loss_forward(y, i, patch, level, exposure_patch))
 
 
 @torch.library.custom_op("sgllie::zero_reference_loss_backward", mutates_args=())
-def zero_reference_loss_backward(g_spa: Tensor, g_exp: Tensor, g_col: Tensor, y: Tensor, i: Tensor,
-                                 patch: int, level: float, exposure_patch: int, backend: str
+def zero_reference_loss_backward(g_spa: Tensor, g_exp: Tensor, g_col: Tensor, pooled_grads: Tensor,
+                                 y: Tensor, need_grad_i: bool, patch: int, exposure_patch: int, backend: str
                                  ) -> tuple[Tensor, Tensor]:
-    return tuple(kernels(backend).zero_reference_loss_backward(
-        g_spa, g_exp, g_col, y, i, patch, level, exposure_patch))
+    gy, gi = kernels(backend).zero_reference_loss_backward(
+        g_spa, g_exp, g_col, pooled_grads, y, need_grad_i, patch, exposure_patch)
+    return gy, y.new_empty(_EMPTY) if gi is None else gi
 
 
 @zero_reference_loss.register_fake
 def _(y, i, patch, level, exposure_patch, backend):
-    return _scalar(y), _scalar(y), _scalar(y)
+    n, _, h, w = y.shape
+    pooled = n * ((h // patch) * (w // patch) + (h // exposure_patch) * (w // exposure_patch) + 3)
+    return _scalar(y), _scalar(y), _scalar(y), y.new_empty(pooled, dtype=torch.float64)
 
 
 @zero_reference_loss_backward.register_fake
-def _(g_spa, g_exp, g_col, y, i, patch, level, exposure_patch, backend):
-    return torch.empty_like(y), torch.empty_like(i)
+def _(g_spa, g_exp, g_col, pooled_grads, y, need_grad_i, patch, exposure_patch, backend):
+    return torch.empty_like(y), torch.empty_like(y) if need_grad_i else y.new_empty(_EMPTY)
 
 
 def _zrl_setup(ctx, inputs, output):
-    y, i, *ctx.args = inputs
-    ctx.save_for_backward(y, i)
+    y, _, patch, _, exposure_patch, ctx.backend = inputs
+    ctx.args = (patch, exposure_patch)
+    ctx.mark_non_differentiable(output[3])
+    ctx.save_for_backward(output[3], y)
 
 
-def _zrl_grad(ctx, g_spa, g_exp, g_col):
+def _zrl_grad(ctx, g_spa, g_exp, g_col, _):
     # an unused output arrives as None in some paths: materialise it as a zero scalar
-    y, i = ctx.saved_tensors
+    pooled, y = ctx.saved_tensors
     g_spa, g_exp, g_col = (y.new_zeros(()) if g is None else g for g in (g_spa, g_exp, g_col))
-    return *zero_reference_loss_backward(g_spa, g_exp, g_col, y, i, *ctx.args), None, None, None, None
+    need_grad_i = ctx.needs_input_grad[1]
+    gy, gi = zero_reference_loss_backward(g_spa, g_exp, g_col, pooled, y, need_grad_i, *ctx.args, ctx.backend)
+    return gy, gi if need_grad_i else None, None, None, None, None
 
 
 zero_reference_loss.register_autograd(_zrl_grad, setup_context=_zrl_setup)

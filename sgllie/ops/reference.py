@@ -178,9 +178,45 @@ def zero_reference_loss(y: Tensor, i: Tensor, patch: int = 4, level: float = 0.6
             color_constancy_loss(y))
 
 
-def zero_reference_loss_backward(g_spa: Tensor, g_exp: Tensor, g_col: Tensor, y: Tensor, i: Tensor,
-                                 patch: int = 4, level: float = 0.6, exposure_patch: int = 16):
-    """Returns (grad_y, grad_i) for upstream gradients of the three scalars."""
-    gy, gi = spatial_consistency_loss_backward(g_spa, y, i, patch)
-    gy = gy + exposure_loss_backward(g_exp, y, level, exposure_patch) + color_constancy_loss_backward(g_col, y)
-    return gy, gi
+def zero_reference_loss_forward(y: Tensor, i: Tensor, patch: int = 4, level: float = 0.6,
+                                exposure_patch: int = 16) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(spa, exp, col, pooled_grads): the losses and what their backward needs, so that the
+    backward never reads y or i again.
+
+    pooled_grads (float64, flat) packs, per image, the gradients of spa, exp and col with respect
+    to each pixel of a spa patch, an exposure patch and a channel: (n, H // patch, W // patch),
+    then (n, H // exposure_patch, W // exposure_patch), then (n, 3).
+    """
+    y64, i64 = y.double(), i.double()
+    one = y64.new_ones(())
+    delta = _grey_pool(y64, patch) - _grey_pool(i64, patch)
+    gdelta = torch.zeros_like(delta)
+    for (dy, dx), weight in SPA_NEIGHBOURS:
+        e = delta - _neighbour(delta, dy, dx)
+        gdelta = gdelta + weight * (e - _neighbour(e, -dy, -dx))
+    gdelta = gdelta * (2 / delta.numel() / (3 * patch * patch))
+    pe = _grey_pool(y64, exposure_patch)
+    gexp = (pe - level) * (2 / pe.numel() / (3 * exposure_patch * exposure_patch))
+    gcol = color_constancy_loss_backward(one, y64)[:, :, 0, 0]
+    pooled = torch.cat([gdelta.flatten(), gexp.flatten(), gcol.flatten()])
+    return (*zero_reference_loss(y, i, patch, level, exposure_patch), pooled)
+
+
+def zero_reference_loss_backward(g_spa: Tensor, g_exp: Tensor, g_col: Tensor, pooled_grads: Tensor,
+                                 y: Tensor, need_grad_i: bool, patch: int = 4, exposure_patch: int = 16):
+    """Returns (grad_y, grad_i) for upstream gradients of the three scalars, from the forward's
+    pooled_grads (y gives only the shape and dtype; grad_i is None unless need_grad_i)."""
+    n, _, h, w = y.shape
+    ns, ne = n * (h // patch) * (w // patch), n * (h // exposure_patch) * (w // exposure_patch)
+    gdelta = pooled_grads[:ns].view(n, 1, h // patch, w // patch)
+    gexp = pooled_grads[ns:ns + ne].view(n, 1, h // exposure_patch, w // exposure_patch)
+    gcol = pooled_grads[ns + ne:].view(n, 3, 1, 1)
+
+    def spread(g: Tensor, p: int) -> Tensor:  # each patch's value over its pixels, zero in the remainder
+        g = g.repeat_interleave(p, -2).repeat_interleave(p, -1)
+        return F.pad(g, (0, w - g.shape[-1], 0, h - g.shape[-2]))
+
+    spa = spread(gdelta, patch) * g_spa.double()
+    gy = spa + spread(gexp, exposure_patch) * g_exp.double() + gcol * g_col.double()
+    gi = (-spa).expand(y.shape).to(y.dtype).contiguous() if need_grad_i else None
+    return gy.to(y.dtype), gi
