@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "sgllie/cpu_output.h"
+#include "sgllie/cpu_simd.h"
 
 #include <vector>
 
@@ -28,7 +29,7 @@ struct Inputs {
 
 // z[c, :] = depthwise 3x3 (zero padding) + bias of row r, for every channel c.
 template <typename T>
-void depthwise_rows(const Inputs<T>& in, int64_t b, int64_t r, const T* dw, const T* db, T* z) {
+SGLLIE_SIMD_CLONES void depthwise_rows(const Inputs<T>& in, int64_t b, int64_t r, const T* dw, const T* db, T* z) {
   const int64_t W = in.W;
   for (int64_t c = 0; c < in.c1 + in.c2; ++c) {
     const T* plane = in.plane(b, c);
@@ -48,7 +49,7 @@ void depthwise_rows(const Inputs<T>& in, int64_t b, int64_t r, const T* dw, cons
 
 // out = bias + sum_c w[c] z[c, :], then ReLU if asked: one output channel of the 1x1 conv.
 template <typename T>
-void pointwise_row(const T* z, const T* w, T bias, int64_t C, int64_t W, bool relu, T* __restrict__ out) {
+SGLLIE_SIMD_CLONES void pointwise_row(const T* z, const T* w, T bias, int64_t C, int64_t W, bool relu, T* __restrict__ out) {
   std::fill(out, out + W, bias);
   for (int64_t c = 0; c < C; ++c) {
     const T wc = w[c];
@@ -96,11 +97,90 @@ at::Tensor dsconv2d_cpu(const at::Tensor& x_, const std::optional<at::Tensor>& x
   return y;
 }
 
-// Backward in two passes over rows. Pass 1, per row: recompute z (and the ReLU mask), then the
-// pointwise weight/bias gradients, gz = W^T g, the depthwise weight/bias gradients from gz and the
-// input rows; gz is kept. Pass 2: grad of the inputs = the transposed depthwise conv of gz.
-// Weight gradients are summed per fixed block of rows, then the blocks in order: deterministic
-// whatever the number of threads.
+// Sum of a[j] * b[j] (or of a[j] when b is null): in T within the row, lane by lane (vectorised, and
+// the same order on every run), returned in double for the caller's running sums.
+template <typename T>
+inline double row_dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
+  return static_cast<double>(s);
+}
+
+template <typename T>
+inline double row_sum(const T* __restrict__ a, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += a[j];
+  return static_cast<double>(s);
+}
+
+// Weight-gradient sums of one block of the backward: pointwise weights and biases, depthwise
+// weights and biases (laid out in that order in one buffer).
+struct ParamGrads {
+  double *pw, *pb, *dw, *db;
+};
+
+// Pass 1 of the backward for row r of image b: recompute z (and the ReLU mask), add this row's
+// parameter gradients to `acc`, and write gz = W^T g for the row. z, g and y are scratch rows.
+template <typename T>
+SGLLIE_SIMD_CLONES void backward_row(const Inputs<T>& in, int64_t b, int64_t r, const T* dw, const T* db,
+                                     const T* pw, const T* pb, const T* grad, int64_t O, bool relu,
+                                     ParamGrads acc, T* __restrict__ z, T* __restrict__ g, T* __restrict__ y,
+                                     T* gz) {
+  const int64_t C = in.c1 + in.c2, H = in.H, W = in.W;
+  depthwise_rows(in, b, r, dw, db, z);
+  for (int64_t o = 0; o < O; ++o) {
+    T* __restrict__ go = g + o * W;
+    std::copy(grad + ((b * O + o) * H + r) * W, grad + ((b * O + o) * H + r + 1) * W, go);
+    if (relu) {  // the mask needs the pre-activation: recompute it
+      pointwise_row(z, pw + o * C, pb[o], C, W, false, y);
+      for (int64_t j = 0; j < W; ++j) go[j] = y[j] > T(0) ? go[j] : T(0);
+    }
+    acc.pb[o] += row_sum(go, W);
+    for (int64_t c = 0; c < C; ++c) acc.pw[o * C + c] += row_dot(go, z + c * W, W);
+  }
+  for (int64_t c = 0; c < C; ++c) {  // gz = W^T g, then the depthwise parameter gradients
+    T* __restrict__ gzr = gz + ((b * C + c) * H + r) * W;
+    std::fill(gzr, gzr + W, T(0));
+    for (int64_t o = 0; o < O; ++o) {
+      const T w = pw[o * C + c];
+      const T* __restrict__ go = g + o * W;
+      for (int64_t j = 0; j < W; ++j) gzr[j] += w * go[j];
+    }
+    acc.db[c] += row_sum(gzr, W);
+    const T* plane = in.plane(b, c);
+    for (int64_t dy = -1; dy <= 1; ++dy) {
+      if (r + dy < 0 || r + dy >= H) continue;
+      const T* row = plane + (r + dy) * W;
+      double* k = acc.dw + c * 9 + (dy + 1) * 3;
+      k[0] += row_dot(gzr + 1, row, W - 1);  // dx = -1: gz[j] x[j - 1]
+      k[1] += row_dot(gzr, row, W);
+      k[2] += row_dot(gzr, row + 1, W - 1);  // dx = +1: gz[j] x[j + 1]
+    }
+  }
+}
+
+// Pass 2 for one row of one channel: out[j] = sum_{dy, dx} k[dy, dx] gz[r - dy, j - dx] (the
+// transposed depthwise conv).
+template <typename T>
+SGLLIE_SIMD_CLONES void depthwise_transposed_row(const T* gz_plane, const T* k, int64_t r, int64_t H, int64_t W,
+                                                 T* __restrict__ out) {
+  std::fill(out, out + W, T(0));
+  for (int64_t dy = -1; dy <= 1; ++dy) {
+    if (r - dy < 0 || r - dy >= H) continue;
+    const T* __restrict__ gzr = gz_plane + (r - dy) * W;
+    const T k0 = k[(dy + 1) * 3], k1 = k[(dy + 1) * 3 + 1], k2 = k[(dy + 1) * 3 + 2];
+    for (int64_t j = 0; j < W; ++j) out[j] += k1 * gzr[j];
+    for (int64_t j = 1; j < W; ++j) out[j] += k2 * gzr[j - 1];      // dx = +1: gz[j - 1]
+    for (int64_t j = 0; j + 1 < W; ++j) out[j] += k0 * gzr[j + 1];  // dx = -1: gz[j + 1]
+  }
+}
+
+// Backward in two passes over rows. Pass 1, per row: backward_row (parameter gradients and gz,
+// which is kept). Pass 2: grad of the inputs = the transposed depthwise conv of gz. Parameter
+// gradients are summed per row in T, per fixed block of rows in double, then the blocks in order:
+// deterministic whatever the number of threads.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dsconv2d_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& x_, const std::optional<at::Tensor>& x2_,
     const at::Tensor& dw_weight, const at::Tensor& dw_bias, const at::Tensor& pw_weight,
@@ -125,81 +205,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const Inputs<scalar_t> in{x.data_ptr<scalar_t>(), x2.defined() ? x2.data_ptr<scalar_t>() : nullptr,
                               c1, c2, H, W};
     const scalar_t* dwp = dw.data_ptr<scalar_t>();
-    const scalar_t* dbp = db.data_ptr<scalar_t>();
     const scalar_t* pwp = pw.data_ptr<scalar_t>();
-    const scalar_t* pbp = pb.data_ptr<scalar_t>();
-    const scalar_t* gp = grad.data_ptr<scalar_t>();
     scalar_t* gzp = gz_all.data_ptr<scalar_t>();
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> z(C * W), g(O * W), y(W);
       for (int64_t blk = begin; blk < end; ++blk) {
-        double* acc = partial.data() + blk * per_block;
-        double *gpw = acc, *gpb = acc + O * C, *gdw = gpb + O, *gdb = gdw + C * 9;
-        for (int64_t idx = blk * kBlock; idx < std::min((blk + 1) * kBlock, n * H); ++idx) {
-          const int64_t b = idx / H, r = idx % H;
-          depthwise_rows(in, b, r, dwp, dbp, z.data());
-          for (int64_t o = 0; o < O; ++o) {
-            scalar_t* __restrict__ go = g.data() + o * W;
-            std::copy(gp + ((b * O + o) * H + r) * W, gp + ((b * O + o) * H + r + 1) * W, go);
-            if (relu) {  // the mask needs the pre-activation: recompute it
-              pointwise_row(z.data(), pwp + o * C, pbp[o], C, W, false, y.data());
-              for (int64_t j = 0; j < W; ++j) go[j] = y[j] > scalar_t(0) ? go[j] : scalar_t(0);
-            }
-            double sb = 0;
-            for (int64_t j = 0; j < W; ++j) sb += go[j];
-            gpb[o] += sb;
-            for (int64_t c = 0; c < C; ++c) {
-              const scalar_t* __restrict__ zr = z.data() + c * W;
-              double s = 0;  // in double: these sums cancel a lot, float loses digits here
-              for (int64_t j = 0; j < W; ++j) s += double(go[j]) * double(zr[j]);
-              gpw[o * C + c] += s;
-            }
-          }
-          for (int64_t c = 0; c < C; ++c) {  // gz = W^T g, then the depthwise parameter gradients
-            scalar_t* __restrict__ gzr = gzp + ((b * C + c) * H + r) * W;
-            std::fill(gzr, gzr + W, scalar_t(0));
-            for (int64_t o = 0; o < O; ++o) {
-              const scalar_t w = pwp[o * C + c];
-              const scalar_t* __restrict__ go = g.data() + o * W;
-              for (int64_t j = 0; j < W; ++j) gzr[j] += w * go[j];
-            }
-            double sb = 0;
-            for (int64_t j = 0; j < W; ++j) sb += gzr[j];
-            gdb[c] += sb;
-            const scalar_t* plane = in.plane(b, c);
-            for (int64_t dy = -1; dy <= 1; ++dy) {
-              if (r + dy < 0 || r + dy >= H) continue;
-              const scalar_t* __restrict__ row = plane + (r + dy) * W;
-              double s0 = 0, s1 = 0, s2 = 0;
-              for (int64_t j = 1; j < W; ++j) s0 += double(gzr[j]) * double(row[j - 1]);
-              for (int64_t j = 0; j < W; ++j) s1 += double(gzr[j]) * double(row[j]);
-              for (int64_t j = 0; j + 1 < W; ++j) s2 += double(gzr[j]) * double(row[j + 1]);
-              gdw[c * 9 + (dy + 1) * 3] += s0;
-              gdw[c * 9 + (dy + 1) * 3 + 1] += s1;
-              gdw[c * 9 + (dy + 1) * 3 + 2] += s2;
-            }
-          }
-        }
+        double* a = partial.data() + blk * per_block;
+        const ParamGrads acc{a, a + O * C, a + O * C + O, a + O * C + O + C * 9};
+        for (int64_t idx = blk * kBlock; idx < std::min((blk + 1) * kBlock, n * H); ++idx)
+          backward_row(in, idx / H, idx % H, dwp, db.data_ptr<scalar_t>(), pwp, pb.data_ptr<scalar_t>(),
+                       grad.data_ptr<scalar_t>(), O, relu, acc, z.data(), g.data(), y.data(), gzp);
       }
     });
-    // pass 2: gx[r, j] = sum_{dy, dx} w[dy, dx] gz[r - dy, j - dx]
     scalar_t* gxp = gx.data_ptr<scalar_t>();
     scalar_t* gx2p = x2.defined() ? gx2.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, n * C * H, 16, [&](int64_t begin, int64_t end) {
       for (int64_t idx = begin; idx < end; ++idx) {
         const int64_t r = idx % H, c = (idx / H) % C, b = idx / (C * H);
-        scalar_t* __restrict__ out = c < c1 ? gxp + ((b * c1 + c) * H + r) * W
-                                            : gx2p + ((b * c2 + c - c1) * H + r) * W;
-        std::fill(out, out + W, scalar_t(0));
-        const scalar_t* k = dwp + c * 9;
-        for (int64_t dy = -1; dy <= 1; ++dy) {
-          if (r - dy < 0 || r - dy >= H) continue;
-          const scalar_t* __restrict__ gzr = gzp + ((b * C + c) * H + r - dy) * W;
-          const scalar_t k0 = k[(dy + 1) * 3], k1 = k[(dy + 1) * 3 + 1], k2 = k[(dy + 1) * 3 + 2];
-          for (int64_t j = 0; j < W; ++j) out[j] += k1 * gzr[j];
-          for (int64_t j = 1; j < W; ++j) out[j] += k2 * gzr[j - 1];  // dx = +1: gz[j - 1]
-          for (int64_t j = 0; j + 1 < W; ++j) out[j] += k0 * gzr[j + 1];  // dx = -1: gz[j + 1]
-        }
+        scalar_t* out = c < c1 ? gxp + ((b * c1 + c) * H + r) * W : gx2p + ((b * c2 + c - c1) * H + r) * W;
+        depthwise_transposed_row(gzp + (b * C + c) * H * W, dwp + c * 9, r, H, W, out);
       }
     });
   });
