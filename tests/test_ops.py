@@ -48,8 +48,9 @@ def _check_fwd_bwd(fused, ref, tensors, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_x2,relu", [(False, False), (False, True), (True, True)])
-def test_dsconv2d(backend, dtype, with_x2, relu):
-    case = _dsconv_case(dtype, with_x2)
+@pytest.mark.parametrize("width", [9, 37])  # narrower than the CPU kernels' vector tiles; tiles + a ragged end
+def test_dsconv2d(backend, dtype, with_x2, relu, width):
+    case = _dsconv_case(dtype, with_x2, w=width)
     x, x2 = case.pop("x"), case.pop("x2")
     keys = list(case)
     tensors = [x] + ([x2] if with_x2 else []) + list(case.values())
@@ -71,7 +72,7 @@ def test_dsconv2d(backend, dtype, with_x2, relu):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,rshape", [((2, 3, 17, 23), (2, 3, 17, 23)), ((2, 3, 25, 37), (2, 3, 3, 4)),
-                                          ((1, 3, 5, 3), (1, 3, 1, 1))])
+                                          ((1, 3, 5, 3), (1, 3, 1, 1)), ((1, 3, 3, 300), (1, 3, 2, 7))])
 def test_le_curve(backend, dtype, shape, rshape):
     x, r = rand(*shape, dtype=dtype), rand(*rshape, dtype=dtype, lo=-1)
     _check_fwd_bwd(lambda a, b: ops.le_curve(a, b, backend=backend), R.le_curve, [x, r], dtype)

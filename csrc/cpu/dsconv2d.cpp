@@ -27,37 +27,119 @@ struct Inputs {
   }
 };
 
-// z[c, :] = depthwise 3x3 (zero padding) + bias of row r, for every channel c.
+// One pixel j of a depthwise 3x3 row (zero padding), rows[0..2] the rows above, at and below r
+// (null outside the image).
+template <typename T>
+SGLLIE_SIMD_INLINE T depthwise_pixel(const T* const rows[3], const T* k, T bias, int64_t j, int64_t W) {
+  T acc = bias;
+  for (int dy = 0; dy < 3; ++dy) {
+    if (rows[dy] == nullptr) continue;
+    if (j > 0) acc += k[dy * 3] * rows[dy][j - 1];
+    acc += k[dy * 3 + 1] * rows[dy][j];
+    if (j + 1 < W) acc += k[dy * 3 + 2] * rows[dy][j + 1];
+  }
+  return acc;
+}
+
+// z[c, :] = depthwise 3x3 (zero padding) + bias of row r, for every channel c. Inside the row,
+// each vector of outputs takes its 9 taps from registers and is stored once; the two border
+// pixels (and rows narrower than a vector) go one by one.
 template <typename T>
 SGLLIE_SIMD_CLONES void depthwise_rows(const Inputs<T>& in, int64_t b, int64_t r, const T* dw, const T* db, T* z) {
   const int64_t W = in.W;
   for (int64_t c = 0; c < in.c1 + in.c2; ++c) {
     const T* plane = in.plane(b, c);
     const T* k = dw + c * 9;
+    const T* rows[3];
+    for (int dy = 0; dy < 3; ++dy) rows[dy] = r + dy - 1 >= 0 && r + dy - 1 < in.H ? plane + (r + dy - 1) * W : nullptr;
     T* __restrict__ zr = z + c * W;
-    std::fill(zr, zr + W, db[c]);
-    for (int64_t dy = -1; dy <= 1; ++dy) {
-      if (r + dy < 0 || r + dy >= in.H) continue;
-      const T* __restrict__ row = plane + (r + dy) * W;
-      const T k0 = k[(dy + 1) * 3], k1 = k[(dy + 1) * 3 + 1], k2 = k[(dy + 1) * 3 + 2];
-      for (int64_t j = 0; j < W; ++j) zr[j] += k1 * row[j];
-      for (int64_t j = 1; j < W; ++j) zr[j] += k0 * row[j - 1];
-      for (int64_t j = 0; j + 1 < W; ++j) zr[j] += k2 * row[j + 1];
+    int64_t j = 0;
+#if defined(SGLLIE_HAVE_VEC)
+    using V = typename Vec32<T>::type;
+    constexpr int64_t kL = sizeof(V) / sizeof(T);
+    if (W >= kL + 2) {
+      const V zero = V{} * T(0);
+      const auto tile = [&](int64_t j0) SGLLIE_SIMD_INLINE_LAMBDA {
+        V acc = zero + db[c];
+        for (int dy = 0; dy < 3; ++dy) {
+          if (rows[dy] == nullptr) continue;
+          acc += k[dy * 3] * vload(rows[dy] + j0 - 1) + k[dy * 3 + 1] * vload(rows[dy] + j0) +
+                 k[dy * 3 + 2] * vload(rows[dy] + j0 + 1);
+        }
+        vstore(zr + j0, acc);
+      };
+      zr[0] = depthwise_pixel(rows, k, db[c], 0, W);
+      for (j = 1; j + kL + 1 <= W; j += kL) tile(j);
+      if (j < W - 1) tile(W - 1 - kL);  // the ragged end, overlapping (same values)
+      zr[W - 1] = depthwise_pixel(rows, k, db[c], W - 1, W);
+      continue;
     }
+#endif
+    for (; j < W; ++j) zr[j] = depthwise_pixel(rows, k, db[c], j, W);
   }
 }
 
-// out = bias + sum_c w[c] z[c, :], then ReLU if asked: one output channel of the 1x1 conv.
-template <typename T>
-SGLLIE_SIMD_CLONES void pointwise_row(const T* z, const T* w, T bias, int64_t C, int64_t W, bool relu, T* __restrict__ out) {
-  std::fill(out, out + W, bias);
+#if defined(SGLLIE_HAVE_VEC)
+// Output channels [0, kO) x pixels [j, j + 2 vectors) of the 1x1 conv of one row (see
+// pointwise_block), accumulated in registers over the input channels: one load of z feeds kO
+// multiply-adds, so the loop runs at FMA speed rather than at load/store speed (the compiler does
+// not find this blocking by itself).
+template <typename T, int kO>
+SGLLIE_SIMD_INLINE void pointwise_tile(const T* __restrict__ z, const T* __restrict__ w, const T* __restrict__ bias,
+                                       int64_t C, int64_t W, bool relu, T* __restrict__ out, int64_t stride, int64_t j) {
+  using V = typename Vec32<T>::type;
+  constexpr int64_t kL = sizeof(V) / sizeof(T);  // lanes
+  const V zero = V{} * T(0);
+  V a0[kO], a1[kO];
+  for (int k = 0; k < kO; ++k) a0[k] = a1[k] = zero + bias[k];
   for (int64_t c = 0; c < C; ++c) {
-    const T wc = w[c];
-    const T* __restrict__ zr = z + c * W;
-    for (int64_t j = 0; j < W; ++j) out[j] += wc * zr[j];
+    const V z0 = vload(z + c * W + j), z1 = vload(z + c * W + j + kL);
+    for (int k = 0; k < kO; ++k) {
+      const T wk = w[k * C + c];
+      a0[k] += wk * z0;
+      a1[k] += wk * z1;
+    }
   }
-  if (relu)
-    for (int64_t j = 0; j < W; ++j) out[j] = out[j] > T(0) ? out[j] : T(0);
+  for (int k = 0; k < kO; ++k) {
+    if (relu) {
+      a0[k] = a0[k] < zero ? zero : a0[k];
+      a1[k] = a1[k] < zero ? zero : a1[k];
+    }
+    vstore(out + k * stride + j, a0[k]);
+    vstore(out + k * stride + j + kL, a1[k]);
+  }
+}
+#endif
+
+// Output channels [0, kO) of the 1x1 conv of one row: out[k * stride + j] = bias[k] +
+// sum_c w[k * C + c] z[c * W + j], then ReLU if asked.
+template <typename T, int kO>
+SGLLIE_SIMD_INLINE void pointwise_block(const T* __restrict__ z, const T* __restrict__ w, const T* __restrict__ bias,
+                                        int64_t C, int64_t W, bool relu, T* __restrict__ out, int64_t stride) {
+  int64_t j0 = 0;
+#if defined(SGLLIE_HAVE_VEC)
+  constexpr int64_t kTile = 2 * 32 / sizeof(T);
+  for (; j0 + kTile <= W; j0 += kTile) pointwise_tile<T, kO>(z, w, bias, C, W, relu, out, stride, j0);
+  if (j0 < W && W >= kTile) {  // the ragged end: one more tile ending at W, overlapping (same values)
+    pointwise_tile<T, kO>(z, w, bias, C, W, relu, out, stride, W - kTile);
+    j0 = W;
+  }
+#endif
+  for (; j0 < W; ++j0)
+    for (int k = 0; k < kO; ++k) {
+      T a = bias[k];
+      for (int64_t c = 0; c < C; ++c) a += w[k * C + c] * z[c * W + j0];
+      out[k * stride + j0] = relu && a < T(0) ? T(0) : a;
+    }
+}
+
+// The 1x1 conv of one row for every output channel o (row o at out + o * stride), + bias, ReLU.
+template <typename T>
+SGLLIE_SIMD_CLONES void pointwise_rows(const T* z, const T* w, const T* bias, int64_t C, int64_t O, int64_t W,
+                                       bool relu, T* out, int64_t stride) {
+  int64_t o = 0;
+  for (; o + 4 <= O; o += 4) pointwise_block<T, 4>(z, w + o * C, bias + o, C, W, relu, out + o * stride, stride);
+  for (; o < O; ++o) pointwise_block<T, 1>(z, w + o * C, bias + o, C, W, relu, out + o * stride, stride);
 }
 
 at::Tensor dsconv2d_cpu(const at::Tensor& x_, const std::optional<at::Tensor>& x2_, const at::Tensor& dw_weight,
@@ -89,8 +171,7 @@ at::Tensor dsconv2d_cpu(const at::Tensor& x_, const std::optional<at::Tensor>& x
       for (int64_t idx = begin; idx < end; ++idx) {
         const int64_t b = idx / H, r = idx % H;
         depthwise_rows(in, b, r, dwp, dbp, z.data());
-        for (int64_t o = 0; o < O; ++o)
-          pointwise_row(z.data(), pwp + o * C, pbp[o], C, W, relu, yp + ((b * O + o) * H + r) * W);
+        pointwise_rows(z.data(), pwp, pbp, C, O, W, relu, yp + (b * O * H + r) * W, H * W);
       }
     });
   });
@@ -100,7 +181,7 @@ at::Tensor dsconv2d_cpu(const at::Tensor& x_, const std::optional<at::Tensor>& x
 // Sum of a[j] * b[j] (or of a[j] when b is null): in T within the row, lane by lane (vectorised, and
 // the same order on every run), returned in double for the caller's running sums.
 template <typename T>
-inline double row_dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+SGLLIE_SIMD_INLINE double row_dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
   T s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
@@ -108,7 +189,7 @@ inline double row_dot(const T* __restrict__ a, const T* __restrict__ b, int64_t 
 }
 
 template <typename T>
-inline double row_sum(const T* __restrict__ a, int64_t n) {
+SGLLIE_SIMD_INLINE double row_sum(const T* __restrict__ a, int64_t n) {
   T s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < n; ++j) s += a[j];
@@ -130,13 +211,12 @@ SGLLIE_SIMD_CLONES void backward_row(const Inputs<T>& in, int64_t b, int64_t r, 
                                      T* gz) {
   const int64_t C = in.c1 + in.c2, H = in.H, W = in.W;
   depthwise_rows(in, b, r, dw, db, z);
+  if (relu) pointwise_rows(z, pw, pb, C, O, W, false, y, W);  // the mask needs the pre-activation
   for (int64_t o = 0; o < O; ++o) {
     T* __restrict__ go = g + o * W;
     std::copy(grad + ((b * O + o) * H + r) * W, grad + ((b * O + o) * H + r + 1) * W, go);
-    if (relu) {  // the mask needs the pre-activation: recompute it
-      pointwise_row(z, pw + o * C, pb[o], C, W, false, y);
-      for (int64_t j = 0; j < W; ++j) go[j] = y[j] > T(0) ? go[j] : T(0);
-    }
+    if (relu)
+      for (int64_t j = 0; j < W; ++j) go[j] = y[o * W + j] > T(0) ? go[j] : T(0);
     acc.pb[o] += row_sum(go, W);
     for (int64_t c = 0; c < C; ++c) acc.pw[o * C + c] += row_dot(go, z + c * W, W);
   }
@@ -208,7 +288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const scalar_t* pwp = pw.data_ptr<scalar_t>();
     scalar_t* gzp = gz_all.data_ptr<scalar_t>();
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> z(C * W), g(O * W), y(W);
+      std::vector<scalar_t> z(C * W), g(O * W), y(relu ? O * W : 0);
       for (int64_t blk = begin; blk < end; ++blk) {
         double* a = partial.data() + blk * per_block;
         const ParamGrads acc{a, a + O * C, a + O * C + O, a + O * C + O + C * 9};

@@ -57,7 +57,7 @@ std::vector<T> width_resized(const T* r, int64_t rows, int64_t w, const std::vec
 
 // One output row's factors: r0 (and, when r is upsampled, the blend with r1 by wy), chunk [j0, j0+n).
 template <typename T>
-inline const T* row_factors(const T* r0, const T* r1, T wy, int64_t j0, int64_t n, T* buf) {
+SGLLIE_SIMD_INLINE const T* row_factors(const T* r0, const T* r1, T wy, int64_t j0, int64_t n, T* buf) {
   if (r1 == nullptr) return r0 + j0;
   for (int64_t j = 0; j < n; ++j) buf[j] = (T(1) - wy) * r0[j0 + j] + wy * r1[j0 + j];
   return buf;

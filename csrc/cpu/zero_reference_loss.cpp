@@ -53,7 +53,7 @@ struct BandScratch {
 };
 
 template <typename T>
-inline double sum_double(const T* __restrict__ v, int64_t len) {
+SGLLIE_SIMD_INLINE double sum_double(const T* __restrict__ v, int64_t len) {
   double s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t c = 0; c < len; ++c) s += static_cast<double>(v[c]);
@@ -62,7 +62,7 @@ inline double sum_double(const T* __restrict__ v, int64_t len) {
 
 // out[k] = sum of acc[k * p .. k * p + p) for k < count, then acc = 0.
 template <typename T>
-inline void pool_columns(T* __restrict__ acc, int64_t p, int64_t count, double* __restrict__ out) {
+SGLLIE_SIMD_INLINE void pool_columns(T* __restrict__ acc, int64_t p, int64_t count, double* __restrict__ out) {
   for (int64_t k = 0; k < count; ++k) out[k] = sum_double(acc + k * p, p);
   std::fill(acc, acc + count * p, T(0));
 }
