@@ -41,9 +41,36 @@ SGLLIE_SIMD_INLINE T depthwise_pixel(const T* const rows[3], const T* k, T bias,
   return acc;
 }
 
-// z[c, :] = depthwise 3x3 (zero padding) + bias of row r, for every channel c. Inside the row,
-// each vector of outputs takes its 9 taps from registers and is stored once; the two border
-// pixels (and rows narrower than a vector) go one by one.
+#if defined(SGLLIE_HAVE_VEC)
+// Pixels [1, W - 1) of a depthwise row from the kRows input rows inside the image (rows[q], taps
+// k[q]), a vector at a time: the 3 * kRows taps stay in registers, and the three column taps
+// accumulate in separate registers (short dependency chains). W >= one vector + 2.
+template <typename T, int kRows>
+SGLLIE_SIMD_INLINE void depthwise_interior(const T* const* rows, const T* const* k, T bias, int64_t W,
+                                           T* __restrict__ zr) {
+  using V = typename Vec32<T>::type;
+  constexpr int64_t kL = sizeof(V) / sizeof(T);
+  const V zero = V{} * T(0);
+  V kv[kRows][3];
+  for (int q = 0; q < kRows; ++q)
+    for (int t = 0; t < 3; ++t) kv[q][t] = zero + k[q][t];
+  const auto tile = [&](int64_t j) SGLLIE_SIMD_INLINE_LAMBDA {
+    V a0 = zero + bias, a1 = zero, a2 = zero;
+    for (int q = 0; q < kRows; ++q) {
+      a0 += kv[q][0] * vload(rows[q] + j - 1);
+      a1 += kv[q][1] * vload(rows[q] + j);
+      a2 += kv[q][2] * vload(rows[q] + j + 1);
+    }
+    vstore(zr + j, a0 + a1 + a2);
+  };
+  int64_t j = 1;
+  for (; j + kL + 1 <= W; j += kL) tile(j);
+  if (j < W - 1) tile(W - 1 - kL);  // the ragged end, overlapping (same values)
+}
+#endif
+
+// z[c, :] = depthwise 3x3 (zero padding) + bias of row r, for every channel c: the interior a
+// vector at a time, the two border pixels (and rows narrower than a vector) one by one.
 template <typename T>
 SGLLIE_SIMD_CLONES void depthwise_rows(const Inputs<T>& in, int64_t b, int64_t r, const T* dw, const T* db, T* z) {
   const int64_t W = in.W;
@@ -53,29 +80,25 @@ SGLLIE_SIMD_CLONES void depthwise_rows(const Inputs<T>& in, int64_t b, int64_t r
     const T* rows[3];
     for (int dy = 0; dy < 3; ++dy) rows[dy] = r + dy - 1 >= 0 && r + dy - 1 < in.H ? plane + (r + dy - 1) * W : nullptr;
     T* __restrict__ zr = z + c * W;
-    int64_t j = 0;
 #if defined(SGLLIE_HAVE_VEC)
-    using V = typename Vec32<T>::type;
-    constexpr int64_t kL = sizeof(V) / sizeof(T);
-    if (W >= kL + 2) {
-      const V zero = V{} * T(0);
-      const auto tile = [&](int64_t j0) SGLLIE_SIMD_INLINE_LAMBDA {
-        V acc = zero + db[c];
-        for (int dy = 0; dy < 3; ++dy) {
-          if (rows[dy] == nullptr) continue;
-          acc += k[dy * 3] * vload(rows[dy] + j0 - 1) + k[dy * 3 + 1] * vload(rows[dy] + j0) +
-                 k[dy * 3 + 2] * vload(rows[dy] + j0 + 1);
+    if (W >= static_cast<int64_t>(32 / sizeof(T)) + 2) {
+      const T* inside[3];
+      const T* taps[3];
+      int n = 0;
+      for (int dy = 0; dy < 3; ++dy)
+        if (rows[dy] != nullptr) {
+          inside[n] = rows[dy];
+          taps[n++] = k + dy * 3;
         }
-        vstore(zr + j0, acc);
-      };
+      if (n == 3) depthwise_interior<T, 3>(inside, taps, db[c], W, zr);
+      else if (n == 2) depthwise_interior<T, 2>(inside, taps, db[c], W, zr);
+      else depthwise_interior<T, 1>(inside, taps, db[c], W, zr);
       zr[0] = depthwise_pixel(rows, k, db[c], 0, W);
-      for (j = 1; j + kL + 1 <= W; j += kL) tile(j);
-      if (j < W - 1) tile(W - 1 - kL);  // the ragged end, overlapping (same values)
       zr[W - 1] = depthwise_pixel(rows, k, db[c], W - 1, W);
       continue;
     }
 #endif
-    for (; j < W; ++j) zr[j] = depthwise_pixel(rows, k, db[c], j, W);
+    for (int64_t j = 0; j < W; ++j) zr[j] = depthwise_pixel(rows, k, db[c], j, W);
   }
 }
 
