@@ -101,6 +101,59 @@ SGLLIE_SIMD_CLONES void le_row(const T* __restrict__ x, const T* r0, const T* r1
   }
 }
 
+// Gradients of pixels [0, n) of a chunk: gx, and gr, the gradient of the full-size factors. The
+// forward is run again keeping each step's input (in `steps`, iterations x kChunk), then the steps
+// are walked back.
+template <typename T>
+SGLLIE_SIMD_INLINE void le_chunk_backward(const T* __restrict__ g, const T* __restrict__ x, const T* __restrict__ rr,
+                                          int64_t n, int64_t iterations, T* __restrict__ gx, T* __restrict__ gr,
+                                          T* __restrict__ steps) {
+  std::copy(x, x + n, steps);
+  for (int64_t k = 1; k < iterations; ++k) {
+    const T* __restrict__ prev = steps + (k - 1) * kChunk;
+    T* __restrict__ cur = steps + k * kChunk;
+    for (int64_t j = 0; j < n; ++j) cur[j] = le_step(prev[j], rr[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    gr[j] = T(0);
+    gx[j] = g[j];
+  }
+  for (int64_t k = iterations - 1; k >= 0; --k) {
+    const T* __restrict__ xk = steps + k * kChunk;
+    for (int64_t j = 0; j < n; ++j) {
+      gr[j] += gx[j] * le_step_dr(xk[j]);
+      gx[j] *= le_step_dx(xk[j], rr[j]);
+    }
+  }
+}
+
+#if defined(SGLLIE_HAVE_VEC)
+// The same for kIter steps known at compile time, a vector at a time with every step's input in
+// registers; returns how many pixels it did (whole vectors), the rest is le_chunk_backward's.
+template <typename T, int kIter>
+SGLLIE_SIMD_INLINE int64_t le_chunk_backward_registers(const T* __restrict__ g, const T* __restrict__ x,
+                                                       const T* __restrict__ rr, int64_t n, T* __restrict__ gx,
+                                                       T* __restrict__ gr) {
+  using V = typename Vec32<T>::type;
+  constexpr int64_t kL = sizeof(V) / sizeof(T);
+  int64_t j = 0;
+  for (; j + kL <= n; j += kL) {
+    const V r = vload(rr + j);
+    V xs[kIter];
+    xs[0] = vload(x + j);
+    for (int k = 1; k < kIter; ++k) xs[k] = le_step(xs[k - 1], r);
+    V gv = vload(g + j), acc = V{} * T(0);
+    for (int k = kIter - 1; k >= 0; --k) {
+      acc += gv * le_step_dr(xs[k]);
+      gv *= le_step_dx(xs[k], r);
+    }
+    vstore(gx + j, gv);
+    vstore(gr + j, acc);
+  }
+  return j;
+}
+#endif
+
 // Gradients of one row: gx, and the gradient of the row's full-size factors (gr).
 template <typename T>
 SGLLIE_SIMD_CLONES void le_row_backward(const T* __restrict__ g, const T* __restrict__ x, const T* r0,
@@ -109,27 +162,14 @@ SGLLIE_SIMD_CLONES void le_row_backward(const T* __restrict__ g, const T* __rest
   T buf[kChunk];
   for (int64_t j0 = 0; j0 < W; j0 += kChunk) {
     const int64_t n = std::min(kChunk, W - j0);
-    const T* __restrict__ rr = row_factors(r0, r1, wy, j0, n, buf);
-    std::copy(x + j0, x + j0 + n, steps);  // forward again, keeping each step's input
-    for (int64_t k = 1; k < iterations; ++k) {
-      const T* __restrict__ prev = steps + (k - 1) * kChunk;
-      T* __restrict__ cur = steps + k * kChunk;
-      for (int64_t j = 0; j < n; ++j) cur[j] = le_step(prev[j], rr[j]);
-    }
-    T* __restrict__ gxc = gx + j0;
-    T* __restrict__ grc = gr + j0;
-    const T* __restrict__ gc = g + j0;
-    for (int64_t j = 0; j < n; ++j) {
-      grc[j] = T(0);
-      gxc[j] = gc[j];
-    }
-    for (int64_t k = iterations - 1; k >= 0; --k) {
-      const T* __restrict__ xk = steps + k * kChunk;
-      for (int64_t j = 0; j < n; ++j) {
-        grc[j] += gxc[j] * le_step_dr(xk[j]);
-        gxc[j] *= le_step_dx(xk[j], rr[j]);
-      }
-    }
+    const T* rr = row_factors(r0, r1, wy, j0, n, buf);
+    int64_t done = 0;
+#if defined(SGLLIE_HAVE_VEC)
+    if (iterations == 8)  // the method's count
+      done = le_chunk_backward_registers<T, 8>(g + j0, x + j0, rr, n, gx + j0, gr + j0);
+#endif
+    le_chunk_backward(g + j0 + done, x + j0 + done, rr + done, n - done, iterations, gx + j0 + done, gr + j0 + done,
+                      steps);
   }
 }
 

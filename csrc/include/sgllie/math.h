@@ -19,7 +19,7 @@ SGLLIE_HD T le_step(T x, T r) {
 // Derivatives of one step: d/dx = 1 + r (2x - 1), d/dr = x^2 - x.
 template <typename T>
 SGLLIE_HD T le_step_dx(T x, T r) {
-  return T(1) + r * (T(2) * x - T(1));
+  return 1 + r * (x + x - 1);  // scalar literals, so T may also be a CPU vector type
 }
 template <typename T>
 SGLLIE_HD T le_step_dr(T x) {
