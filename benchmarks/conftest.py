@@ -71,6 +71,12 @@ def _seed():
 
 
 # ----------------------------------------------------------------------------- timing
+def _cpu_rounds(call_s: float, heavy: bool) -> int:
+    """About two seconds of rounds (10 to 200; at least 5 for heavy rows): a millisecond op gets
+    enough rounds for a stable median on a small machine whose timings swing with its neighbours."""
+    return max(5 if heavy else 10, min(200, int(2.0 / max(call_s, 1e-6))))
+
+
 class Timer:
     """``timer(fn, group=..., variant=...)`` times ``fn()`` and records the row.
 
@@ -91,14 +97,16 @@ class Timer:
     def __call__(self, fn, *, group: str, variant: str, heavy: bool = False,
                  rounds: int | None = None, warmup: int | None = None) -> float:
         cuda = self.device.type == "cuda"
-        if rounds is None:
-            rounds = 2 if _common.quick() else (30 if cuda else (5 if heavy else 10))
         if warmup is None:  # reduce-overhead: warm-up call, CUDA-graph record, first replay
             warmup = 1 if _common.quick() else (3 if cuda else (1 if heavy else 2))
         for _ in range(warmup):
+            t0 = time.perf_counter()
             fn()
+            last_call_s = time.perf_counter() - t0
         if cuda:
             torch.cuda.synchronize(self.device)
+        if rounds is None:
+            rounds = 2 if _common.quick() else (30 if cuda else _cpu_rounds(last_call_s, heavy))
 
         times_ms: list[float] = []
         if cuda:
