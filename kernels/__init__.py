@@ -1,9 +1,43 @@
-"""Triton kernels of sgllie, installed as ``sgllie.kernels``.
+"""Triton kernels of sgllie, installed as ``sgllie.kernels``: the ``triton`` backend.
 
-This module is the ``triton`` backend: it will expose one kernel function per op under the names of
-``sgllie/ops/reference.py``. Until those kernels exist it reports itself unavailable.
+It exposes one kernel function per op under the names of ``sgllie/ops/reference.py``; the
+``sgllie::`` custom ops in ``sgllie/ops/_library.py`` own autograd and the backend choice. CUDA
+tensors normally; CPU tensors too under TRITON_INTERPRET=1 (Triton's interpreter: slow, for tests).
 """
+from __future__ import annotations
+
+from sgllie.ops import reference
+from sgllie.ops import _backends
+
+try:
+    import triton  # noqa: F401
+except ImportError as e:  # reported by unavailable_reason(), the package still imports
+    _IMPORT_ERROR: str | None = f"triton is not importable ({e})"
+else:
+    _IMPORT_ERROR = None
+    from .le_curve import le_curve, le_curve_backward  # noqa: F401
 
 
 def unavailable_reason() -> str:
-    return "the Triton kernels are not part of this version of sgllie yet"
+    if _IMPORT_ERROR:
+        return _IMPORT_ERROR
+    import torch  # noqa: PLC0415
+
+    if not torch.cuda.is_available() and not _backends.triton_interpreting():
+        return "no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly, for tests)"
+    return ""
+
+
+# Not Triton kernels yet: the reference kernels.
+dsconv2d = reference.dsconv2d
+dsconv2d_backward = reference.dsconv2d_backward
+zero_reference_loss_forward = reference.zero_reference_loss_forward
+zero_reference_loss_backward = reference.zero_reference_loss_backward
+tv_loss = reference.tv_loss
+tv_loss_backward = reference.tv_loss_backward
+spatial_consistency_loss = reference.spatial_consistency_loss
+spatial_consistency_loss_backward = reference.spatial_consistency_loss_backward
+exposure_loss = reference.exposure_loss
+exposure_loss_backward = reference.exposure_loss_backward
+color_constancy_loss = reference.color_constancy_loss
+color_constancy_loss_backward = reference.color_constancy_loss_backward

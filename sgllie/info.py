@@ -70,7 +70,7 @@ def check(rtol: float = 1e-4, atol: float = 1e-5) -> list[tuple[str, str, str, s
     rows = []
     for device in devices:
         for backend in ops.available_backends():
-            runs_on = ops._backends.BACKENDS[backend].devices
+            runs_on = ops._backends.runs_on(backend)
             if runs_on and device.type not in runs_on:
                 continue
             for name, fused, ref, inputs in _cases(device):

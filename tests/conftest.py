@@ -31,7 +31,7 @@ def backends_for(device: str = "cpu") -> list[str]:
     """Backends available here for tensors on ``device``: every op test runs on each of them."""
     names = []
     for name in sgllie.ops.available_backends():
-        devices = sgllie.ops._backends.BACKENDS[name].devices
+        devices = sgllie.ops._backends.runs_on(name)
         if not devices or device in devices:
             names.append(name)
     return names
@@ -43,3 +43,20 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs ../shared data: {path} is absent")
     return path
+
+
+def triton_device() -> torch.device:
+    """Where the Triton kernels run in this session: CUDA, or CPU under TRITON_INTERPRET=1; else skip."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if sgllie.ops._backends.triton_interpreting():
+        return torch.device("cpu")
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1 (run: TRITON_INTERPRET=1 python -m pytest -m triton)")
+
+
+def pytest_collection_modifyitems(items):
+    """Op tests parametrised with backend="triton" belong to the triton invocation too."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("backend") == "triton":
+            item.add_marker(pytest.mark.triton)

@@ -41,6 +41,20 @@ PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("sgllie_backend", default=None)
 
 
+def triton_interpreting() -> bool:
+    """TRITON_INTERPRET=1: Triton runs its kernels in an interpreter on CPU tensors (tests, no GPU)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def runs_on(name: str) -> tuple[str, ...]:
+    """Device types backend ``name`` takes tensors of (() means any). Under TRITON_INTERPRET=1 the
+    Triton kernels also take CPU tensors: slow, for testing; ``auto`` never picks them there."""
+    devices = BACKENDS[name].devices
+    if name == "triton" and triton_interpreting():
+        return devices + ("cpu",)
+    return devices
+
+
 class BackendUnavailableError(RuntimeError):
     pass
 
@@ -49,7 +63,7 @@ class BackendUnavailableError(RuntimeError):
 def load(name: str) -> tuple[ModuleType | None, str]:
     """(kernel module, "") if backend ``name`` can run here, else (None, why not)."""
     backend = BACKENDS[name]
-    if "cuda" in backend.devices and not torch.cuda.is_available():
+    if runs_on(name) == ("cuda",) and not torch.cuda.is_available():
         return None, "no CUDA device is available"
     try:
         module = importlib.import_module(backend.module)
@@ -114,7 +128,7 @@ def resolve(op: str, requested: str | None, device: torch.device) -> str:
     if module is None:
         raise BackendUnavailableError(f"sgllie.ops.{op}: backend {name!r} (from {where}) is not available: "
                                       f"{why_not}. Available: {', '.join(available_backends())}")
-    devices = BACKENDS[name].devices
+    devices = runs_on(name)
     if devices and device.type not in devices:
         raise BackendUnavailableError(f"sgllie.ops.{op}: backend {name!r} (from {where}) runs on "
                                       f"{'/'.join(devices)} tensors, got a {device.type} tensor")

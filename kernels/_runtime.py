@@ -1,0 +1,126 @@
+"""How every Triton kernel of sgllie is launched: one function, ``launch``, so that what the dispatch
+really launches can be seen.
+
+- Autotuned kernels (``autotune``) pick their config per shape on a GPU; under the interpreter
+  (TRITON_INTERPRET=1, no GPU) there is nothing to time, so ``launch`` runs one config: the first,
+  or the one ``use_config`` forces (the tests run every config this way).
+- ``dry_run()`` records the specialisations that would be launched (kernel, argument types,
+  constexprs, warps, stages; every config of an autotuned kernel) without running anything: no
+  GPU needed. The ahead-of-time compile test drives the ops and the model through it and builds
+  exactly these for sm_80 and sm_90, not a hand list that could drift from the launch sites.
+- ``counting()`` counts the global-memory bytes each launch reads and writes (interpreter only).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from sgllie.ops import _backends
+
+_TYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
+               torch.int32: "i32", torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
+
+
+@dataclass(frozen=True)
+class Specialisation:
+    """One compiled variant of a kernel: what ``triton.compile`` needs to build it ahead of time."""
+    kernel: triton.runtime.JITFunction
+    signature: tuple[tuple[str, str], ...]     # (argument, Triton type) in order; constexprs typed "constexpr"
+    constexprs: tuple[tuple[str, object], ...]
+    num_warps: int
+    num_stages: int
+
+    @property
+    def name(self) -> str:
+        return self.kernel.__name__
+
+    def config_str(self) -> str:
+        consts = ", ".join(f"{k}={v}" for k, v in self.constexprs)
+        return f"{consts}; warps={self.num_warps}, stages={self.num_stages}"
+
+
+_recorded: contextvars.ContextVar[set | None] = contextvars.ContextVar("sgllie_triton_recorded", default=None)
+_forced_config: contextvars.ContextVar[int | None] = contextvars.ContextVar("sgllie_triton_config", default=None)
+
+
+@contextlib.contextmanager
+def dry_run():
+    """Launch nothing inside the block; collect the Specialisation of every launch into the set
+    it yields. Outputs stay uninitialised (set SGLLIE_CHECK_FINITE=0 when chaining ops)."""
+    if _backends.triton_interpreting():
+        raise RuntimeError("sgllie.kernels.dry_run: needs compiled kernels; unset TRITON_INTERPRET")
+    seen: set[Specialisation] = set()
+    token = _recorded.set(seen)
+    try:
+        yield seen
+    finally:
+        _recorded.reset(token)
+
+
+@contextlib.contextmanager
+def use_config(index: int):
+    """Under the interpreter, run config ``index`` of each autotuned kernel (modulo its count)."""
+    token = _forced_config.set(index)
+    try:
+        yield
+    finally:
+        _forced_config.reset(token)
+
+
+def autotune(configs: list[triton.Config], key: list[str]):
+    """``triton.autotune`` over ``configs``, re-tuned when the ``key`` arguments change."""
+    return triton.autotune(configs=configs, key=key)
+
+
+def _arg_type(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return "*" + _TYPE_NAMES[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"sgllie.kernels: cannot type kernel argument {value!r}")
+
+
+def _record(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict, configs: list[triton.Config]) -> None:
+    seen = _recorded.get()
+    bound = dict(zip(fn.arg_names, args)) | kwargs
+    for config in configs:
+        values = bound | config.kwargs
+        signature, constexprs = [], []
+        for param in fn.params:
+            if param.is_constexpr:
+                signature.append((param.name, "constexpr"))
+                constexprs.append((param.name, values[param.name]))
+            else:
+                signature.append((param.name, _arg_type(values[param.name])))
+        seen.add(Specialisation(fn, tuple(signature), tuple(constexprs), config.num_warps,
+                                config.num_stages))
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)``: counted and, under the interpreter, with one config of an
+    autotuned kernel; only recorded inside dry_run()."""
+    tuned = isinstance(kernel, triton.runtime.Autotuner)
+    fn = kernel.fn if tuned else kernel
+    if tuned:
+        configs = kernel.configs
+    else:
+        configs = [triton.Config({}, num_warps=kwargs.pop("num_warps", 4), num_stages=kwargs.pop("num_stages", 3))]
+    if _recorded.get() is not None:
+        _record(fn, args, kwargs, configs)
+        return
+    if tuned and _backends.triton_interpreting():
+        config = configs[(_forced_config.get() or 0) % len(configs)]
+        kernel, kwargs = fn, kwargs | config.all_kwargs()
+    elif not tuned:
+        kwargs = kwargs | {"num_warps": configs[0].num_warps, "num_stages": configs[0].num_stages}
+    from . import _counting  # noqa: PLC0415  (interpreter only; imported on first launch)
+    with _counting.launch_scope(fn.__name__, grid, args, kwargs):
+        kernel[grid](*args, **kwargs)

@@ -1,0 +1,172 @@
+"""LE curve: 8 steps of x + r (x^2 - x) per pixel, with the align_corners=True bilinear upsample
+of a smaller r fused in. float32/float16/bfloat16 I/O, computed in float32 (float64 in float64).
+
+Forward: one read of x (and of r's few rows, cached), one write of y. Backward: one read of the
+gradient and x, one write of dL/dx and of the full-size factor gradient; where r is smaller, two
+small gather kernels fold that gradient back to r's size (the upsample's adjoint, in a fixed
+order: no atomics, the same result every run).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._runtime import autotune, launch
+
+_ROW_CONFIGS = [triton.Config({"BLOCK_W": bw}, num_warps=nw) for bw, nw in ((256, 2), (1024, 4), (2048, 8))]
+
+
+@triton.jit
+def _source(out_index, in_size, out_size, COMPUTE: tl.constexpr):
+    """align_corners=True taps of output index (a tensor or scalar): (i0, i1, weight of i1), as PyTorch."""
+    scale = tl.where(out_size > 1, tl.cast(in_size - 1, COMPUTE) / tl.cast(out_size - 1, COMPUTE), 0.0)
+    src = scale * tl.cast(out_index, COMPUTE)
+    i0 = tl.cast(src, tl.int32)
+    i1 = i0 + tl.where(i0 < in_size - 1, 1, 0)
+    return i0, i1, src - tl.cast(i0, COMPUTE)
+
+
+@triton.jit
+def _factors(r_ptr, plane, i, cols, mask, H, W, h, w, UPSAMPLE: tl.constexpr, COMPUTE: tl.constexpr):
+    """r at output row i, columns cols, of one plane: read, or bilinearly upsampled from (h, w)."""
+    if UPSAMPLE:
+        y0, y1, wy = _source(i, h, H, COMPUTE)
+        x0, x1, wx = _source(cols, w, W, COMPUTE)
+        base = r_ptr + plane.to(tl.int64) * h * w
+        r00 = tl.load(base + y0 * w + x0, mask=mask, other=0.0).to(COMPUTE)
+        r01 = tl.load(base + y0 * w + x1, mask=mask, other=0.0).to(COMPUTE)
+        r10 = tl.load(base + y1 * w + x0, mask=mask, other=0.0).to(COMPUTE)
+        r11 = tl.load(base + y1 * w + x1, mask=mask, other=0.0).to(COMPUTE)
+        # PyTorch's order: h0 * (w0 * r00 + w1 * r01) + h1 * (w0 * r10 + w1 * r11)
+        return (1 - wy) * ((1 - wx) * r00 + wx * r01) + wy * ((1 - wx) * r10 + wx * r11)
+    else:
+        return tl.load(r_ptr + (plane.to(tl.int64) * H + i) * W + cols, mask=mask, other=0.0).to(COMPUTE)
+
+
+@autotune(_ROW_CONFIGS, key=["W"])
+@triton.jit
+def _le_curve_fwd(x_ptr, r_ptr, y_ptr, H, W, h, w, ITERATIONS: tl.constexpr, UPSAMPLE: tl.constexpr,
+                  COMPUTE: tl.constexpr, BLOCK_W: tl.constexpr):
+    row = tl.program_id(0)  # plane * H + i
+    plane, i = row // H, row % H
+    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = cols < W
+    offs = row.to(tl.int64) * W + cols
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    r = _factors(r_ptr, plane, i, cols, mask, H, W, h, w, UPSAMPLE, COMPUTE)
+    for _ in tl.static_range(ITERATIONS):
+        x = x + r * (x * x - x)
+    tl.store(y_ptr + offs, x, mask=mask)
+
+
+@autotune(_ROW_CONFIGS, key=["W"])
+@triton.jit
+def _le_curve_bwd(g_ptr, x_ptr, r_ptr, gx_ptr, gr_ptr, H, W, h, w, ITERATIONS: tl.constexpr,
+                  UPSAMPLE: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_W: tl.constexpr):
+    row = tl.program_id(0)
+    plane, i = row // H, row % H
+    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = cols < W
+    offs = row.to(tl.int64) * W + cols
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    r = _factors(r_ptr, plane, i, cols, mask, H, W, h, w, UPSAMPLE, COMPUTE)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    gr = tl.zeros_like(x)
+    # walk the steps back; each step's input is recomputed from x (registers only, no step storage)
+    for k in tl.static_range(ITERATIONS - 1, -1, -1):
+        xk = x
+        for _ in tl.static_range(k):
+            xk = xk + r * (xk * xk - xk)
+        gr += g * (xk * xk - xk)
+        g = g * (1 + r * (xk + xk - 1))
+    tl.store(gx_ptr + offs, g, mask=mask)
+    tl.store(gr_ptr + offs, gr, mask=mask)
+
+
+@triton.jit
+def _fold_rows(g_ptr, out_ptr, H, W, h, COMPUTE: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[plane, p, :] = sum over the output rows i that read r's row p of their weight x g[plane, i, :]."""
+    prow = tl.program_id(0)  # plane * h + p
+    plane, p = prow // h, prow % h
+    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = cols < W
+    # rows i whose taps include p lie within one source step of p: i in [(p - 1) / s, (p + 1) / s]
+    s = tl.where(H > 1, tl.cast(h - 1, COMPUTE) / tl.cast(H - 1, COMPUTE), 0.0)
+    lo = tl.where(s > 0, tl.cast(tl.cast(p - 1, COMPUTE) / tl.maximum(s, 1e-30), tl.int32) - 1, 0)
+    hi = tl.where(s > 0, tl.cast(tl.cast(p + 1, COMPUTE) / tl.maximum(s, 1e-30), tl.int32) + 2, H)
+    lo, hi = tl.maximum(lo, 0), tl.minimum(hi, H)
+    acc = tl.zeros([BLOCK_W], dtype=COMPUTE)
+    for i in range(lo, hi):
+        i0, i1, wy = _source(i, h, H, COMPUTE)
+        weight = tl.where(i0 == p, 1 - wy, 0.0) + tl.where(i1 == p, wy, 0.0)
+        g = tl.load(g_ptr + (plane.to(tl.int64) * H + i) * W + cols, mask=mask, other=0.0).to(COMPUTE)
+        acc += weight * g
+    tl.store(out_ptr + prow.to(tl.int64) * W + cols, acc, mask=mask)
+
+
+@triton.jit
+def _fold_cols(g_ptr, out_ptr, W, w, SPAN: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """out[row, q] = sum over the columns j that read r's column q of their weight x g[row, j]."""
+    row = tl.program_id(0)
+    q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    qmask = q < w
+    s = tl.where(W > 1, tl.cast(w - 1, COMPUTE) / tl.cast(W - 1, COMPUTE), 0.0)
+    lo = tl.where(s > 0, tl.cast(tl.cast(q - 1, COMPUTE) / tl.maximum(s, 1e-30), tl.int32) - 1, 0)
+    lo = tl.maximum(lo, 0)
+    acc = tl.zeros([BLOCK_Q], dtype=COMPUTE)
+    for t in range(SPAN):
+        j = lo + t
+        jmask = qmask & (j < W)
+        j0, j1, wx = _source(j, w, W, COMPUTE)
+        weight = tl.where(j0 == q, 1 - wx, 0.0) + tl.where(j1 == q, wx, 0.0)
+        g = tl.load(g_ptr + row.to(tl.int64) * W + j, mask=jmask, other=0.0).to(COMPUTE)
+        acc += tl.where(jmask, weight * g, 0.0)
+    tl.store(out_ptr + row.to(tl.int64) * w + q, acc, mask=qmask)
+
+
+def _compute(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _check(x: torch.Tensor, r: torch.Tensor) -> None:
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64) or r.dtype != x.dtype:
+        raise TypeError(f"sgllie.kernels.le_curve: float32/float16/bfloat16/float64 x and r of one dtype, "
+                        f"got {x.dtype} and {r.dtype}")
+
+
+def le_curve(x: torch.Tensor, r: torch.Tensor, iterations: int) -> torch.Tensor:
+    _check(x, r)
+    x, r = x.contiguous(), r.contiguous()
+    n, c, H, W = x.shape
+    h, w = r.shape[-2:]
+    y = torch.empty_like(x)
+    grid = lambda meta: (n * c * H, triton.cdiv(W, meta["BLOCK_W"]))  # noqa: E731
+    launch(_le_curve_fwd, grid, x, r, y, H, W, h, w, ITERATIONS=iterations, UPSAMPLE=(h, w) != (H, W),
+           COMPUTE=_compute(x.dtype))
+    return y
+
+
+def le_curve_backward(grad: torch.Tensor, x: torch.Tensor, r: torch.Tensor, iterations: int):
+    _check(x, r)
+    grad, x, r = grad.contiguous().to(x.dtype), x.contiguous(), r.contiguous()
+    n, c, H, W = x.shape
+    h, w = r.shape[-2:]
+    upsample = (h, w) != (H, W)
+    gx = torch.empty_like(x)
+    # the full-size factor gradient: r's own gradient, or (upsampled) kept in float32 to be folded
+    gr_full = torch.empty(x.shape, device=x.device, dtype=torch.float64 if x.dtype == torch.float64
+                          else torch.float32) if upsample else torch.empty_like(r)
+    grid = lambda meta: (n * c * H, triton.cdiv(W, meta["BLOCK_W"]))  # noqa: E731
+    compute = _compute(x.dtype)
+    launch(_le_curve_bwd, grid, grad, x, r, gx, gr_full, H, W, h, w, ITERATIONS=iterations, UPSAMPLE=upsample,
+           COMPUTE=compute)
+    if not upsample:
+        return gx, gr_full
+    rows = torch.empty((n * c, h, W), device=x.device, dtype=gr_full.dtype)
+    launch(_fold_rows, (n * c * h, triton.cdiv(W, 256)), gr_full, rows, H, W, h, COMPUTE=compute, BLOCK_W=256)
+    gr = torch.empty_like(r)
+    span = triton.next_power_of_2(2 * (W - 1) // max(w - 1, 1) + 4) if w > 1 else triton.next_power_of_2(W)
+    launch(_fold_cols, (n * c * h, triton.cdiv(w, 128)), rows, gr, W, w, SPAN=span, COMPUTE=compute,
+           BLOCK_Q=128)
+    return gx, gr
