@@ -123,11 +123,11 @@ def assert_close(actual, expected, what: str, rtol: float = 1e-4, atol: float = 
 # sgllie.ops.reference directly, using the model's own parameters. The benchmarks assert that it
 # equals the model's output before timing it.
 
-def _block(block, x: Tensor, x2: Tensor | None = None, relu: bool = False) -> Tensor:
+def _block(block, x: Tensor, x2: Tensor | None = None, activation: str = "none") -> Tensor:
     if isinstance(block, DSC):
         return R.dsconv2d(x, block.depth_conv.weight, block.depth_conv.bias, block.point_conv.weight,
-                          block.point_conv.bias, x2, relu)
-    return block(x, x2, relu)  # the 'tc' blocks are plain PyTorch already
+                          block.point_conv.bias, x2, activation)
+    return block(x, x2, activation)  # the 'tc' blocks are plain PyTorch already
 
 
 def _pad(model: EnhanceNet, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -142,13 +142,13 @@ def _pad(model: EnhanceNet, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
 def plain_factor_map(model: EnhanceNet, x: Tensor) -> Tensor:
     s = model.scale_factor
     x_down = x if s == 1 else F.interpolate(x, scale_factor=1 / s, mode="bilinear")
-    x1 = _block(model.e_conv1, x_down, relu=True)
-    x2 = _block(model.e_conv2, x1, relu=True)
-    x3 = _block(model.e_conv3, x2, relu=True)
-    x4 = _block(model.e_conv4, x3, relu=True)
-    x5 = _block(model.e_conv5, x3, x4, relu=True)
-    x6 = _block(model.e_conv6, x2, x5, relu=True)
-    return torch.tanh(_block(model.e_conv7, x1, x6))
+    x1 = _block(model.e_conv1, x_down, activation="relu")
+    x2 = _block(model.e_conv2, x1, activation="relu")
+    x3 = _block(model.e_conv3, x2, activation="relu")
+    x4 = _block(model.e_conv4, x3, activation="relu")
+    x5 = _block(model.e_conv5, x3, x4, activation="relu")
+    x6 = _block(model.e_conv6, x2, x5, activation="relu")
+    return _block(model.e_conv7, x1, x6, "tanh")
 
 
 def plain_forward(model: EnhanceNet, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -20,7 +20,7 @@ def _op(variant: str):
     if variant.startswith("compile"):
         return compile_fn(ref, variant)
     backend = backend_of(variant)
-    return lambda x, x2, *p: sgllie.ops.dsconv2d(x, *p, x2=x2, relu=True, backend=backend)
+    return lambda x, x2, *p: sgllie.ops.dsconv2d(x, *p, x2=x2, activation="relu", backend=backend)
 
 
 def _params(cin: int, cout: int, device, requires_grad: bool):

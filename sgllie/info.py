@@ -41,8 +41,8 @@ def _cases(device: torch.device):
     p = [rand(8, 1, 3, 3, lo=-1), rand(8, lo=-1), rand(7, 8, 1, 1, lo=-1), rand(7, lo=-1)]
     img, low, r_small = rand(2, 3, 37, 41), rand(2, 3, 37, 41), rand(2, 3, 4, 5, lo=-1)
     return [
-        ("dsconv2d", lambda a, b, *w, backend: ops.dsconv2d(a, *w, x2=b, relu=True, backend=backend),
-         lambda a, b, *w: R.dsconv2d(a, *w, x2=b, relu=True), [x, x2, *p]),
+        ("dsconv2d", lambda a, b, *w, backend: ops.dsconv2d(a, *w, x2=b, activation="relu", backend=backend),
+         lambda a, b, *w: R.dsconv2d(a, *w, x2=b, activation="relu"), [x, x2, *p]),
         ("le_curve", lambda a, b, backend: ops.le_curve(a, b, backend=backend), R.le_curve, [img, r_small]),
         ("zero_reference_loss", lambda a, b, backend: ops.zero_reference_loss(a, b, backend=backend),
          R.zero_reference_loss, [img, low]),

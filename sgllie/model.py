@@ -25,9 +25,9 @@ class DSC(nn.Module):
         self.depth_conv = nn.Conv2d(cin, cin, 3, padding=1, groups=cin)
         self.point_conv = nn.Conv2d(cin, cout, 1)
 
-    def forward(self, x: Tensor, x2: Tensor | None = None, relu: bool = False) -> Tensor:
+    def forward(self, x: Tensor, x2: Tensor | None = None, activation: str | None = None) -> Tensor:
         return ops.dsconv2d(x, self.depth_conv.weight, self.depth_conv.bias, self.point_conv.weight,
-                            self.point_conv.bias, x2=x2, relu=relu)
+                            self.point_conv.bias, x2=x2, activation=activation)
 
 
 class TC(nn.Module):
@@ -37,9 +37,9 @@ class TC(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, padding=1)
 
-    def forward(self, x: Tensor, x2: Tensor | None = None, relu: bool = False) -> Tensor:
+    def forward(self, x: Tensor, x2: Tensor | None = None, activation: str | None = None) -> Tensor:
         y = self.conv(x if x2 is None else torch.cat([x, x2], 1))
-        return F.relu(y) if relu else y
+        return ops.reference.activate(y, activation or "none")
 
 
 BLOCKS = {"dsc": DSC, "tc": TC}
@@ -74,13 +74,13 @@ class EnhanceNet(nn.Module):
         """r at the network's working resolution (H/s, W/s); x's H, W must be multiples of s."""
         s = self.scale_factor
         x_down = x if s == 1 else F.interpolate(x, scale_factor=1 / s, mode="bilinear")
-        x1 = self.e_conv1(x_down, relu=True)
-        x2 = self.e_conv2(x1, relu=True)
-        x3 = self.e_conv3(x2, relu=True)
-        x4 = self.e_conv4(x3, relu=True)
-        x5 = self.e_conv5(x3, x4, relu=True)
-        x6 = self.e_conv6(x2, x5, relu=True)
-        return torch.tanh(self.e_conv7(x1, x6))
+        x1 = self.e_conv1(x_down, activation="relu")
+        x2 = self.e_conv2(x1, activation="relu")
+        x3 = self.e_conv3(x2, activation="relu")
+        x4 = self.e_conv4(x3, activation="relu")
+        x5 = self.e_conv5(x3, x4, activation="relu")
+        x6 = self.e_conv6(x2, x5, activation="relu")
+        return self.e_conv7(x1, x6, activation="tanh")  # tanh fused into the last block
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         padded, (h, w) = self._pad(x)

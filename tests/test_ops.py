@@ -47,9 +47,9 @@ def _check_fwd_bwd(fused, ref, tensors, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("with_x2,relu", [(False, False), (False, True), (True, True)])
+@pytest.mark.parametrize("with_x2,activation", [(False, None), (False, "relu"), (True, "relu"), (True, "tanh")])
 @pytest.mark.parametrize("width", [9, 37])  # narrower than the CPU kernels' vector tiles; tiles + a ragged end
-def test_dsconv2d(backend, dtype, with_x2, relu, width):
+def test_dsconv2d(backend, dtype, with_x2, activation, width):
     case = _dsconv_case(dtype, with_x2, w=width)
     x, x2 = case.pop("x"), case.pop("x2")
     keys = list(case)
@@ -60,11 +60,11 @@ def test_dsconv2d(backend, dtype, with_x2, relu, width):
 
     def fused(*t):
         a, a2, p = split(t)
-        return ops.dsconv2d(a, **p, x2=a2, relu=relu, backend=backend)
+        return ops.dsconv2d(a, **p, x2=a2, activation=activation, backend=backend)
 
     def ref(*t):
         a, a2, p = split(t)
-        return R.dsconv2d(a, *p.values(), x2=a2, relu=relu)
+        return R.dsconv2d(a, *p.values(), x2=a2, activation=activation or "none")
 
     _check_fwd_bwd(fused, ref, tensors, dtype)
 
@@ -117,7 +117,7 @@ def test_gradcheck(backend):
     case = {k: v.requires_grad_() for k, v in _dsconv_case(d, True, n=1, h=4, w=5).items()}
     x, x2 = case.pop("x"), case.pop("x2")
     assert torch.autograd.gradcheck(
-        lambda a, a2, *p: ops.dsconv2d(a, *p, x2=a2, relu=False, backend=backend), (x, x2, *case.values()))
+        lambda a, a2, *p: ops.dsconv2d(a, *p, x2=a2, activation="tanh", backend=backend), (x, x2, *case.values()))
     y, i = rand(2, 3, 9, 10, dtype=d, grad=True), rand(2, 3, 9, 10, dtype=d, grad=True)
     assert torch.autograd.gradcheck(lambda a, b: ops.spatial_consistency_loss(a, b, 3, backend=backend), (y, i))
     assert torch.autograd.gradcheck(lambda a: ops.exposure_loss(a, 0.6, 4, backend=backend), (y,))
@@ -135,9 +135,9 @@ def test_opcheck(backend):
     p = [t.requires_grad_() for t in case.values()]
     y, i = rand(2, 3, 17, 19, grad=True), rand(2, 3, 17, 19)
     samples = [
-        (lib.dsconv2d, (x, x2, *p, True, backend)),
+        (lib.dsconv2d, (x, x2, *p, "relu", backend)),
         (lib.dsconv2d, (x, None, *[rand(5, 1, 3, 3, lo=-1, grad=True), rand(5, grad=True),
-                                   rand(4, 5, 1, 1, grad=True), rand(4, grad=True)], False, backend)),
+                                   rand(4, 5, 1, 1, grad=True), rand(4, grad=True)], "tanh", backend)),
         (lib.le_curve, (rand(2, 3, 9, 11, grad=True), rand(2, 3, 2, 3, lo=-1, grad=True), 8, backend)),
         (lib.spatial_consistency_loss, (y, i, 4, backend)),
         (lib.exposure_loss, (y, 0.6, 16, backend)),
@@ -211,6 +211,8 @@ def test_unavailable_backend_is_a_clear_error(name):
     (lambda: ops.dsconv2d(torch.rand(1, 3, 4, 4), torch.rand(5, 1, 3, 3), torch.rand(5),
                           torch.rand(8, 5, 1, 1), torch.rand(8), x2=torch.rand(1, 2, 4, 5)), "x2 of shape"),
     (lambda: ops.dsconv2d("x", None, None, None, None), "x must be a torch.Tensor"),
+    (lambda: ops.dsconv2d(torch.rand(1, 3, 4, 4), torch.rand(3, 1, 3, 3), torch.rand(3),
+                          torch.rand(8, 3, 1, 1), torch.rand(8), activation="sigmoid"), "activation must be"),
 ])
 def test_bad_arguments(call, match):
     with pytest.raises(ops.OpInputError, match=r"^sgllie\.ops\.\w+: .*" + match):

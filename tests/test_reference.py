@@ -41,7 +41,7 @@ def test_dsconv2d_matches_loops():
                 z[:, ch, i, j] = (xp[:, ch, i:i + 3, j:j + 3] * dw[ch, 0]).sum((1, 2)) + db[ch]
     y = np.einsum("oc,nchw->nohw", pw[:, :, 0, 0], z) + pb[None, :, None, None]
     t = lambda a: torch.from_numpy(a)
-    got = R.dsconv2d(t(x), t(dw), t(db), t(pw), t(pb), x2=t(x2), relu=True)
+    got = R.dsconv2d(t(x), t(dw), t(db), t(pw), t(pb), x2=t(x2), activation="relu")
     assert_close(got, t(np.maximum(y, 0)))
     assert_close(R.dsconv2d(t(xc), t(dw), t(db), t(pw), t(pb)), t(y))
 
@@ -142,8 +142,8 @@ def _f64(*shape, lo=0.0, hi=1.0):
     return torch.empty(*shape, dtype=torch.float64).uniform_(lo, hi)
 
 
-@pytest.mark.parametrize("with_x2,relu", [(False, False), (True, True)])
-def test_dsconv2d_backward_formula(with_x2, relu):
+@pytest.mark.parametrize("with_x2,activation", [(False, "none"), (True, "relu"), (True, "tanh")])
+def test_dsconv2d_backward_formula(with_x2, activation):
     torch.manual_seed(0)
     x, x2 = _f64(2, 3, 7, 9), (_f64(2, 2, 7, 9) if with_x2 else None)
     c = 3 + (2 if with_x2 else 0)
@@ -152,10 +152,10 @@ def test_dsconv2d_backward_formula(with_x2, relu):
     inputs = [x] + ([x2] if with_x2 else []) + params
 
     def fn(*t):
-        return R.dsconv2d(t[0], *t[-4:], x2=t[1] if with_x2 else None, relu=relu)
+        return R.dsconv2d(t[0], *t[-4:], x2=t[1] if with_x2 else None, activation=activation)
 
     expected = _autograd(fn, inputs, grad)
-    gx, gx2, *gp = R.dsconv2d_backward(grad, x, *params, x2=x2, relu=relu)
+    gx, gx2, *gp = R.dsconv2d_backward(grad, x, *params, x2=x2, activation=activation)
     got = [gx] + ([gx2] if with_x2 else []) + gp
     for a, b in zip(got, expected):
         assert_close(a, b)

@@ -24,8 +24,9 @@ SPA_PATCHES = (3, 4, 5)  # the reference's allowed spatial-consistency patch siz
 
 
 def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, pw_bias: Tensor, *,
-             x2: Tensor | None = None, relu: bool = False, backend: str | None = None) -> Tensor:
-    """Depthwise 3x3 conv (padding 1) then pointwise 1x1 conv, both with bias, optional ReLU.
+             x2: Tensor | None = None, activation: str | None = None, backend: str | None = None) -> Tensor:
+    """Depthwise 3x3 conv (padding 1) then pointwise 1x1 conv, both with bias, then ``activation``:
+    None, "relu" or "tanh".
 
     With ``x2`` the input is the channel concatenation ``[x, x2]``, read from the two tensors.
     Shapes: x (N, C1, H, W), x2 (N, C2, H, W), dw_weight (C, 1, 3, 3), dw_bias (C,),
@@ -48,8 +49,11 @@ def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, p
     check.shape(op, "pw_bias", pw_bias, (pw_weight.shape[0],))
     check.same_device_dtype(op, x=x, x2=x2, dw_weight=dw_weight, dw_bias=dw_bias, pw_weight=pw_weight,
                             pw_bias=pw_bias)
+    activation = "none" if activation is None else activation
+    if activation not in reference.ACTIVATIONS:
+        check.fail(op, f"activation must be None, 'relu' or 'tanh', got {activation!r}")
     check.finite(op, x=x, x2=x2)
-    return _library.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, bool(relu),
+    return _library.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation,
                              resolve(op, backend, x.device))
 
 

@@ -21,39 +21,39 @@ def _scalar(t: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- dsconv2d
 @torch.library.custom_op("sgllie::dsconv2d", mutates_args=())
 def dsconv2d(x: Tensor, x2: Tensor | None, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor,
-             pw_bias: Tensor, relu: bool, backend: str) -> Tensor:
-    return kernels(backend).dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, relu)
+             pw_bias: Tensor, activation: str, backend: str) -> Tensor:
+    return kernels(backend).dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
 
 
 @dsconv2d.register_fake
-def _(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, relu, backend):
+def _(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, backend):
     return x.new_empty(x.shape[0], pw_weight.shape[0], x.shape[2], x.shape[3])
 
 
 @torch.library.custom_op("sgllie::dsconv2d_backward", mutates_args=())
 def dsconv2d_backward(grad: Tensor, x: Tensor, x2: Tensor | None, dw_weight: Tensor, dw_bias: Tensor,
-                      pw_weight: Tensor, pw_bias: Tensor, relu: bool, backend: str
+                      pw_weight: Tensor, pw_bias: Tensor, activation: str, backend: str
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     gx, gx2, *gparams = kernels(backend).dsconv2d_backward(
-        grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, relu)
+        grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
     return (gx, x.new_empty(_EMPTY) if gx2 is None else gx2, *gparams)
 
 
 @dsconv2d_backward.register_fake
-def _(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, relu, backend):
+def _(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, backend):
     return (torch.empty_like(x), x.new_empty(_EMPTY) if x2 is None else torch.empty_like(x2),
             torch.empty_like(dw_weight), torch.empty_like(dw_bias), torch.empty_like(pw_weight),
             torch.empty_like(pw_bias))
 
 
 def _dsconv2d_setup(ctx, inputs, output):
-    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, ctx.relu, ctx.backend = inputs
+    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, ctx.activation, ctx.backend = inputs
     ctx.save_for_backward(x, x2, dw_weight, dw_bias, pw_weight, pw_bias)
 
 
 def _dsconv2d_grad(ctx, grad):
     x, x2, *params = ctx.saved_tensors
-    gx, gx2, *gparams = dsconv2d_backward(grad, x, x2, *params, ctx.relu, ctx.backend)
+    gx, gx2, *gparams = dsconv2d_backward(grad, x, x2, *params, ctx.activation, ctx.backend)
     return gx, (None if x2 is None else gx2), *gparams, None, None
 
 

@@ -20,14 +20,30 @@ SPA_NEIGHBOURS = (
 
 
 # ----------------------------------------------------------------------------- dsconv2d
+ACTIVATIONS = ("none", "relu", "tanh")  # dsconv2d's output activations (tanh: SGZ's last block)
+
+
 def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, pw_bias: Tensor,
-             x2: Tensor | None = None, relu: bool = False) -> Tensor:
-    """Depthwise 3x3 (padding 1) then pointwise 1x1, both with bias; input cat([x, x2]) if x2."""
+             x2: Tensor | None = None, activation: str = "none") -> Tensor:
+    """Depthwise 3x3 (padding 1) then pointwise 1x1, both with bias, then ``activation``;
+    input cat([x, x2]) if x2."""
     if x2 is not None:
         x = torch.cat([x, x2], 1)
     z = F.conv2d(x, dw_weight, dw_bias, padding=1, groups=x.shape[1])
-    y = _pointwise(z, pw_weight, pw_bias)
-    return F.relu(y) if relu else y
+    return activate(_pointwise(z, pw_weight, pw_bias), activation)
+
+
+def activate(y: Tensor, activation: str) -> Tensor:
+    return F.relu(y) if activation == "relu" else torch.tanh(y) if activation == "tanh" else y
+
+
+def activation_backward(grad: Tensor, pre: Tensor, activation: str) -> Tensor:
+    """The gradient through ``activation`` at the pre-activation ``pre``."""
+    if activation == "relu":
+        return grad * (pre > 0)
+    if activation == "tanh":
+        return grad * (1 - torch.tanh(pre).square())
+    return grad
 
 
 def _pointwise(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -38,13 +54,13 @@ def _pointwise(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 def dsconv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor,
-                      pw_bias: Tensor, x2: Tensor | None = None, relu: bool = False):
+                      pw_bias: Tensor, x2: Tensor | None = None, activation: str = "none"):
     """Returns (grad_x, grad_x2 or None, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias)."""
     xc = x if x2 is None else torch.cat([x, x2], 1)
     c = xc.shape[1]
     z = F.conv2d(xc, dw_weight, dw_bias, padding=1, groups=c)
-    if relu:  # the mask needs the pre-activation; recomputing it is cheaper than storing it
-        grad = grad * (_pointwise(z, pw_weight, pw_bias) > 0)
+    if activation != "none":  # needs the pre-activation: recomputing it is cheaper than storing it
+        grad = activation_backward(grad, _pointwise(z, pw_weight, pw_bias), activation)
     n, o, h, w = grad.shape
     g = grad.reshape(n, o, h * w)
     g_pw_bias = g.sum((0, 2))
