@@ -32,9 +32,11 @@ def quick() -> bool:
     return SETTINGS["quick"]
 
 
-def pick(full, small):
-    """``full`` normally, ``small`` under --bench-quick."""
-    return small if quick() else full
+def pick(full, small, cuda=None):
+    """``full`` normally, ``cuda`` (if given) on a GPU, ``small`` under --bench-quick."""
+    if quick():
+        return small
+    return cuda if cuda is not None and DEVICE.type == "cuda" else full
 
 
 def fused_backends(device: torch.device = DEVICE) -> list[str]:

@@ -13,7 +13,7 @@ from ._common import assert_close, backend_of, compile_fn, pick, shape_str, step
 def _op(variant: str):
     """(x, x2, dw_w, dw_b, pw_w, pw_b) -> y with ReLU, for the variant."""
     def ref(x, x2, dw_w, dw_b, pw_w, pw_b):
-        return R.dsconv2d(x, dw_w, dw_b, pw_w, pw_b, x2, True)
+        return R.dsconv2d(x, dw_w, dw_b, pw_w, pw_b, x2, "relu")
 
     if variant == "eager":
         return ref
@@ -34,7 +34,7 @@ def _params(cin: int, cout: int, device, requires_grad: bool):
 @pytest.mark.parametrize("variant", variants())
 def test_dsconv2d_train(variant, device, timer):
     """32 -> 32 channels, forward + backward (gradients of the input and all four parameters)."""
-    x = torch.rand(pick((4, 32, 256, 256), (2, 32, 32, 32)), device=device).requires_grad_()
+    x = torch.rand(pick((4, 32, 256, 256), (2, 32, 32, 32), cuda=(8, 32, 512, 512)), device=device).requires_grad_()
     params = _params(32, 32, device, True)
     g = torch.rand(x.shape, device=device)
     op, mark = _op(variant), step_marker(variant)
@@ -45,7 +45,7 @@ def test_dsconv2d_train(variant, device, timer):
         y = op(x, None, *params)
         return y, *torch.autograd.grad(y, inputs, g)
 
-    y = R.dsconv2d(x, *params, None, True)
+    y = R.dsconv2d(x, *params, None, "relu")
     assert_close(fn(), (y, *torch.autograd.grad(y, inputs, g)), variant)
     timer(fn, group=f"dsconv2d fwd+bwd 32->32 {shape_str(x)}", variant=variant)
 
@@ -53,7 +53,7 @@ def test_dsconv2d_train(variant, device, timer):
 @pytest.mark.parametrize("variant", variants())
 def test_dsconv2d_two_input(variant, device, timer):
     """The 64 -> 32 skip-connection form: input cat([x, x2]) read from two tensors, forward only."""
-    x = torch.rand(pick((4, 32, 256, 256), (2, 32, 32, 32)), device=device)
+    x = torch.rand(pick((4, 32, 256, 256), (2, 32, 32, 32), cuda=(8, 32, 512, 512)), device=device)
     x2 = torch.rand_like(x)
     params = _params(64, 32, device, False)
     op, mark = _op(variant), step_marker(variant)
@@ -64,5 +64,5 @@ def test_dsconv2d_two_input(variant, device, timer):
             return op(x, x2, *params)
 
     with torch.inference_mode():
-        assert_close(fn(), R.dsconv2d(x, *params, x2, True), variant)
+        assert_close(fn(), R.dsconv2d(x, *params, x2, "relu"), variant)
     timer(fn, group=f"dsconv2d fwd 64->32 (x2) {shape_str(x)}", variant=variant)

@@ -42,7 +42,7 @@ def test_le_curve_4k_inference(variant, device, timer):
 @pytest.mark.parametrize("variant", variants())
 def test_le_curve_train(variant, device, timer):
     """Training shape: same-size r, forward + backward (gradient w.r.t. r; x is the input image)."""
-    x = torch.rand(pick((4, 3, 512, 512), (2, 3, 64, 64)), device=device)
+    x = torch.rand(pick((4, 3, 512, 512), (2, 3, 64, 64), cuda=(8, 3, 512, 512)), device=device)
     r = (torch.rand_like(x) * 2 - 1).requires_grad_()
     g = torch.rand_like(x)
     op, mark = _op(variant), step_marker(variant)

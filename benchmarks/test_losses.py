@@ -33,7 +33,7 @@ def _fwd_bwd(op, args, wrt, mark):
 @pytest.mark.parametrize("variant", variants())
 def test_zero_reference_loss(variant, device, timer):
     """(spa, exp, col) of the enhanced image y against the low-light input, forward + backward (y)."""
-    y = torch.rand(pick((4, 3, 512, 512), (2, 3, 64, 64)), device=device).requires_grad_()
+    y = torch.rand(pick((4, 3, 512, 512), (2, 3, 64, 64), cuda=(8, 3, 512, 512)), device=device).requires_grad_()
     low = torch.rand(y.shape, device=device) * 0.3
     fn = _fwd_bwd(_op("zero_reference_loss", variant), (y, low), y, step_marker(variant))
     assert_close(fn(), _fwd_bwd(R.zero_reference_loss, (y, low), y, lambda: None)(), variant)
@@ -43,7 +43,7 @@ def test_zero_reference_loss(variant, device, timer):
 @pytest.mark.parametrize("variant", variants())
 def test_tv_loss(variant, device, timer):
     """TV (illumination smoothness) of a full-size factor map, forward + backward."""
-    r = (torch.rand(pick((4, 3, 512, 512), (2, 3, 64, 64)), device=device) * 2 - 1).requires_grad_()
+    r = (torch.rand(pick((4, 3, 512, 512), (2, 3, 64, 64), cuda=(8, 3, 512, 512)), device=device) * 2 - 1).requires_grad_()
     fn = _fwd_bwd(_op("tv_loss", variant), (r,), r, step_marker(variant))
     assert_close(fn(), _fwd_bwd(R.tv_loss, (r,), r, lambda: None)(), variant)
     timer(fn, group=f"tv_loss fwd+bwd {shape_str(r)}", variant=variant)

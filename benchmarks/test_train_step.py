@@ -47,7 +47,7 @@ def _loss_and_grads(loss_fn, model, x):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_train_step(variant, device, timer):
     model = EnhanceNet(scale_factor=1).to(device).train()
-    x = torch.rand(pick((4, 3, 256, 256), (2, 3, 64, 64)), device=device) * 0.5
+    x = torch.rand(pick((4, 3, 256, 256), (2, 3, 64, 64), cuda=(8, 3, 512, 512)), device=device) * 0.5
     loss_fn, mark = _loss_fn(model, variant), step_marker(variant)
 
     if variant != "eager":  # same loss and gradients as eager (this first call also compiles)

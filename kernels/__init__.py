@@ -23,7 +23,7 @@ def unavailable_reason() -> str:
         return _IMPORT_ERROR
     import torch  # noqa: PLC0415
 
-    if not torch.cuda.is_available() and not _backends.triton_interpreting():
+    if not torch.cuda.is_available() and not _backends.triton_on_cpu():
         return "no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly, for tests)"
     return ""
 

@@ -100,10 +100,54 @@ def launch_scope(name: str, grid, args, kwargs):
                "set_grid_idx": set_grid_idx}
     for attr, fn in patched.items():
         setattr(builder, attr, fn)
+    from torch.utils._python_dispatch import _disable_current_modes  # noqa: PLC0415
     try:
-        yield
+        with _disable_current_modes():  # the interpreter's own copies of the arguments are no launches
+            yield
     finally:
         for attr in patched:
             delattr(builder, attr)
         program.flush()
         costs.append(cost)
+
+
+# Aten ops that launch no kernel on a GPU: views, allocation, aliasing, autograd bookkeeping.
+_NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "alias",
+              "lift_fresh", "_local_scalar_dense", "is_nonzero", "set_", "resize_"}
+
+
+def _launches_kernel(func) -> bool:
+    return not (func.is_view or func._schema.name.split("::")[1] in _NO_KERNEL)
+
+
+class _AtenKernels:
+    """A dispatch mode listing the aten ops that would launch a GPU kernel, also inside sgllie's custom
+    ops (whose Python body it runs under itself, since a custom op would otherwise hide its insides)."""
+
+    def __new__(cls, names: list[str]):
+        from torch._library.custom_ops import OPDEFS  # noqa: PLC0415
+        from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC0415
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func.namespace == "sgllie":
+                    with self:
+                        return OPDEFS[func._schema.name]._init_fn(*args, **kwargs)
+                if _launches_kernel(func):
+                    names.append(func._schema.name)
+                return func(*args, **kwargs)
+
+        return Mode()
+
+
+@contextlib.contextmanager
+def launches():
+    """Every kernel launch a GPU would see inside the block, in order: sgllie's Triton launches (by
+    kernel name) and the aten ops around and inside them (``aten::op``, one launch each: a lower
+    bound for the few that take several). Interpreter only; turn the NaN input checks off
+    (SGLLIE_CHECK_FINITE=0): they synchronise, which is not what is being counted."""
+    with counting() as events, _AtenKernels(events):  # one list: Triton costs and aten names interleave
+        names: list[str] = []
+        yield names
+    names.extend(e.kernel if isinstance(e, LaunchCost) else e for e in events)

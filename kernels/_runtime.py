@@ -56,7 +56,8 @@ def dry_run():
     seen: set[Specialisation] = set()
     token = _recorded.set(seen)
     try:
-        yield seen
+        with _backends.triton_dry_run():
+            yield seen
     finally:
         _recorded.reset(token)
 
@@ -71,9 +72,16 @@ def use_config(index: int):
         _forced_config.reset(token)
 
 
+AUTOTUNED: list[triton.runtime.Autotuner] = []  # every autotuned kernel, for tests that try each config
+
+
 def autotune(configs: list[triton.Config], key: list[str]):
     """``triton.autotune`` over ``configs``, re-tuned when the ``key`` arguments change."""
-    return triton.autotune(configs=configs, key=key)
+    def decorate(fn):
+        tuned = triton.autotune(configs=configs, key=key)(fn)
+        AUTOTUNED.append(tuned)
+        return tuned
+    return decorate
 
 
 def _arg_type(value) -> str:

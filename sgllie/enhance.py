@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import ops
+from .graphs import GraphedEnhance
 from .io import IMAGE_SUFFIXES, read_image, to_tensor, to_uint8, write_image
 from .model import DEFAULT_WEIGHTS, EnhanceNet, load_model
 
@@ -361,14 +362,14 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def enhance_batch(model: EnhanceNet, images: list[np.ndarray], device: torch.device,
+def enhance_batch(enhance: GraphedEnhance, images: list[np.ndarray], device: torch.device,
                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(inputs, outputs) as float32 CPU (N, 3, H, W) and the seconds spent in the model."""
     x_cpu = torch.cat([to_tensor(image) for image in images])
     x = x_cpu.to(device=device, dtype=dtype, non_blocking=True)
     _sync(device)
     start = time.perf_counter()
-    y = model.enhance(x)
+    y = enhance(x)
     _sync(device)
     seconds = time.perf_counter() - start
     return x_cpu, y.float().cpu(), seconds
@@ -381,18 +382,18 @@ def write_result(job: Job, x: torch.Tensor, y: torch.Tensor, side_by_side: bool)
     write_image(job.out, out)
 
 
-def run_batch(batch: list, model: EnhanceNet, args: argparse.Namespace, device: torch.device,
+def run_batch(batch: list, enhance: GraphedEnhance, args: argparse.Namespace, device: torch.device,
               report: Report) -> None:
     dtype = torch.float16 if args.fp16 else torch.float32
     jobs = [job for job, _ in batch]
     try:
-        x, y, seconds = enhance_batch(model, [image for _, image in batch], device, dtype)
+        x, y, seconds = enhance_batch(enhance, [image for _, image in batch], device, dtype)
     except Exception as e:
         if len(batch) > 1:  # e.g. out of memory: retry one at a time
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             for item in batch:
-                run_batch([item], model, args, device, report)
+                run_batch([item], enhance, args, device, report)
             return
         report.error(f"{jobs[0].src}: enhancement failed ({type(e).__name__}: "
                      f"{str(e).splitlines()[0] if str(e) else ''})")
@@ -438,9 +439,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("no input images found")
     jobs = plan_outputs(jobs, args, report)
     if jobs:
-        with ops.use_backend(args.backend):
-            for batch in batch_by_size(load_images(jobs, report), args.batch_size):
-                run_batch(batch, model, args, device, report)
+        enhance = GraphedEnhance(model, backend=args.backend)  # CUDA: a graph per batch shape
+        for batch in batch_by_size(load_images(jobs, report), args.batch_size):
+            run_batch(batch, enhance, args, device, report)
     print_summary(report, device)
     return 1 if report.failed else 0
 

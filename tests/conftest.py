@@ -27,14 +27,11 @@ def assert_close(actual, expected, dtype=None, scale: float = 1.0):
                                check_dtype=False)
 
 
-def backends_for(device: str = "cpu") -> list[str]:
-    """Backends available here for tensors on ``device``: every op test runs on each of them."""
-    names = []
-    for name in sgllie.ops.available_backends():
-        devices = sgllie.ops._backends.runs_on(name)
-        if not devices or device in devices:
-            names.append(name)
-    return names
+def device_of(backend: str) -> torch.device:
+    """Where a backend's tests put their tensors: CUDA for the GPU backends (CPU under the
+    Triton interpreter), else the CPU."""
+    devices = sgllie.ops._backends.runs_on(backend)
+    return torch.device("cpu" if not devices or "cpu" in devices else devices[0])
 
 
 def shared_path(*parts: str) -> Path:

@@ -11,7 +11,7 @@ from torch import nn
 
 import sgllie
 from sgllie.io import read_image, to_tensor, to_uint8
-from conftest import assert_close, shared_path
+from conftest import assert_close, device_of, shared_path
 
 
 class SpecNet(nn.Module):
@@ -188,12 +188,12 @@ def test_fused_backends_match_reference_backend(backend):
     net = sgllie.EnhanceNet(scale_factor=4)
     x = torch.rand(2, 3, 44, 52)
     results = {}
-    for name in ("reference", backend):
-        net.zero_grad()
+    for name, device in (("reference", "cpu"), (backend, device_of(backend))):
+        net.to(device).zero_grad()
         with sgllie.ops.use_backend(name):
-            y, r = net(x)
+            y, r = net(x.to(device))
             (y.square().mean() + r.mean()).backward()
-        results[name] = [y.detach(), r.detach()] + [p.grad.clone() for p in net.parameters()]
+        results[name] = [t.cpu() for t in [y.detach(), r.detach()] + [p.grad.clone() for p in net.parameters()]]
     for a, b in zip(results[backend], results["reference"]):
         assert_close(a, b, scale=100)
 
@@ -207,7 +207,8 @@ def test_released_checkpoint_on_fused_backends(backend):
         with sgllie.ops.use_backend("reference"):
             expected = model.enhance(x)
         with sgllie.ops.use_backend(backend):
-            got = model.enhance(x)
+            device = device_of(backend)
+            got = model.to(device).enhance(x.to(device)).cpu()
     assert_close(got, expected, scale=10)
 
 
@@ -231,4 +232,6 @@ def test_fused_training_gradients_as_accurate_as_eager(backend):
 
     def error(gs):
         return max(float((g - t).abs().max() / t.abs().max()) for g, t in zip(gs, truth))
-    assert error(grads(net, x, backend)) <= 2 * error(grads(net, x, "reference"))
+    device = device_of(backend)
+    fused = [g.cpu() for g in grads(copy.deepcopy(net).to(device), x.to(device), backend)]
+    assert error(fused) <= 2 * error(grads(net, x, "reference"))

@@ -7,42 +7,43 @@ import torch
 
 import sgllie.ops as ops
 from sgllie.ops import reference as R
-from conftest import assert_close, backends_for
+from conftest import assert_close, device_of
 
-BACKENDS = backends_for("cpu")
+BACKENDS = ops.available_backends()  # each on its device: CPU, CUDA, or CPU under TRITON_INTERPRET=1
 DTYPES = [torch.float32, torch.float64]
 
 
-def rand(*shape, dtype=torch.float32, lo=0.0, hi=1.0, grad=False):
-    return torch.empty(*shape, dtype=dtype).uniform_(lo, hi).requires_grad_(grad)
+def rand(*shape, dtype=torch.float32, lo=0.0, hi=1.0, grad=False, device="cpu"):
+    return torch.empty(*shape, dtype=dtype, device=device).uniform_(lo, hi).requires_grad_(grad)
 
 
-def _dsconv_case(dtype, with_x2, n=2, h=13, w=9):
+def _dsconv_case(dtype, with_x2, n=2, h=13, w=9, device="cpu"):
     c1, c2, o = 5, (3 if with_x2 else 0), 7
     c = c1 + c2
-    return dict(x=rand(n, c1, h, w, dtype=dtype), x2=rand(n, c2, h, w, dtype=dtype) if with_x2 else None,
-                dw_weight=rand(c, 1, 3, 3, dtype=dtype, lo=-1), dw_bias=rand(c, dtype=dtype, lo=-1),
-                pw_weight=rand(o, c, 1, 1, dtype=dtype, lo=-1), pw_bias=rand(o, dtype=dtype, lo=-1))
+    t = lambda *shape, lo=0.0: rand(*shape, dtype=dtype, lo=lo, device=device)  # noqa: E731
+    return dict(x=t(n, c1, h, w), x2=t(n, c2, h, w) if with_x2 else None,
+                dw_weight=t(c, 1, 3, 3, lo=-1), dw_bias=t(c, lo=-1), pw_weight=t(o, c, 1, 1, lo=-1), pw_bias=t(o, lo=-1))
 
 
 def _grads(out, tensors, seed=0):
     g = torch.Generator().manual_seed(seed)
     outs = out if isinstance(out, tuple) else (out,)
-    cot = [torch.rand(o.shape, generator=g, dtype=o.dtype) for o in outs]
+    cot = [torch.rand(o.shape, generator=g, dtype=o.dtype).to(o.device) for o in outs]
     return torch.autograd.grad(outs, tensors, cot)
 
 
-def _check_fwd_bwd(fused, ref, tensors, dtype):
-    """Run fused and ref on copies of ``tensors``; compare outputs and all input gradients."""
-    a = [t.detach().clone().requires_grad_() for t in tensors]
-    b = [t.detach().clone().requires_grad_() for t in tensors]
+def _check_fwd_bwd(fused, ref, tensors, dtype, device="cpu"):
+    """Run fused on copies of ``tensors`` on ``device`` and ref on CPU copies; compare outputs and
+    all input gradients."""
+    a = [t.detach().to(device, copy=True).requires_grad_() for t in tensors]
+    b = [t.detach().to("cpu", copy=True).requires_grad_() for t in tensors]
     out_a, out_b = fused(*a), ref(*b)
     for x, y in zip(out_a if isinstance(out_a, tuple) else (out_a,),
                     out_b if isinstance(out_b, tuple) else (out_b,)):
-        assert x.shape == y.shape and x.dtype == y.dtype
-        assert_close(x, y, dtype)
+        assert x.shape == y.shape and x.dtype == y.dtype and x.device.type == torch.device(device).type
+        assert_close(x.cpu(), y, dtype)
     for x, y in zip(_grads(out_a, a), _grads(out_b, b)):
-        assert_close(x, y, dtype, scale=10)
+        assert_close(x.cpu(), y, dtype, scale=10)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -50,6 +51,7 @@ def _check_fwd_bwd(fused, ref, tensors, dtype):
 @pytest.mark.parametrize("with_x2,activation", [(False, None), (False, "relu"), (True, "relu"), (True, "tanh")])
 @pytest.mark.parametrize("width", [9, 37])  # narrower than the CPU kernels' vector tiles; tiles + a ragged end
 def test_dsconv2d(backend, dtype, with_x2, activation, width):
+    dev = device_of(backend)
     case = _dsconv_case(dtype, with_x2, w=width)
     x, x2 = case.pop("x"), case.pop("x2")
     keys = list(case)
@@ -66,7 +68,7 @@ def test_dsconv2d(backend, dtype, with_x2, activation, width):
         a, a2, p = split(t)
         return R.dsconv2d(a, *p.values(), x2=a2, activation=activation or "none")
 
-    _check_fwd_bwd(fused, ref, tensors, dtype)
+    _check_fwd_bwd(fused, ref, tensors, dtype, dev)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -74,8 +76,9 @@ def test_dsconv2d(backend, dtype, with_x2, activation, width):
 @pytest.mark.parametrize("shape,rshape", [((2, 3, 17, 23), (2, 3, 17, 23)), ((2, 3, 25, 37), (2, 3, 3, 4)),
                                           ((1, 3, 5, 3), (1, 3, 1, 1)), ((1, 3, 3, 300), (1, 3, 2, 7))])
 def test_le_curve(backend, dtype, shape, rshape):
+    dev = device_of(backend)
     x, r = rand(*shape, dtype=dtype), rand(*rshape, dtype=dtype, lo=-1)
-    _check_fwd_bwd(lambda a, b: ops.le_curve(a, b, backend=backend), R.le_curve, [x, r], dtype)
+    _check_fwd_bwd(lambda a, b: ops.le_curve(a, b, backend=backend), R.le_curve, [x, r], dtype, dev)
 
 
 LOSS_SHAPES = [(2, 3, 16, 16), (3, 3, 19, 35), (1, 3, 17, 50)]
@@ -85,23 +88,25 @@ LOSS_SHAPES = [(2, 3, 16, 16), (3, 3, 19, 35), (1, 3, 17, 50)]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", LOSS_SHAPES)
 def test_losses(backend, dtype, shape):
+    dev = device_of(backend)
     y, i = rand(*shape, dtype=dtype), rand(*shape, dtype=dtype)
     for patch in (3, 4, 5):
         _check_fwd_bwd(lambda a, b: ops.spatial_consistency_loss(a, b, patch, backend=backend),
-                       lambda a, b: R.spatial_consistency_loss(a, b, patch), [y, i], dtype)
+                       lambda a, b: R.spatial_consistency_loss(a, b, patch), [y, i], dtype, dev)
     _check_fwd_bwd(lambda a: ops.exposure_loss(a, 0.5, backend=backend),
-                   lambda a: R.exposure_loss(a, 0.5), [y], dtype)
-    _check_fwd_bwd(lambda a: ops.color_constancy_loss(a, backend=backend), R.color_constancy_loss, [y], dtype)
-    _check_fwd_bwd(lambda a: ops.tv_loss(a, backend=backend), R.tv_loss, [y], dtype)
+                   lambda a: R.exposure_loss(a, 0.5), [y], dtype, dev)
+    _check_fwd_bwd(lambda a: ops.color_constancy_loss(a, backend=backend), R.color_constancy_loss, [y], dtype, dev)
+    _check_fwd_bwd(lambda a: ops.tv_loss(a, backend=backend), R.tv_loss, [y], dtype, dev)
     _check_fwd_bwd(lambda a, b: ops.zero_reference_loss(a, b, patch=5, level=0.7, backend=backend),
-                   lambda a, b: R.zero_reference_loss(a, b, 5, 0.7, 16), [y, i], dtype)
+                   lambda a, b: R.zero_reference_loss(a, b, 5, 0.7, 16), [y, i], dtype, dev)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_reference_loss_partial_use(backend):
     """Only some of the three outputs feeding the loss must still give the right gradient."""
-    y = rand(2, 3, 20, 18, grad=True)
-    i = rand(2, 3, 20, 18)
+    dev = device_of(backend)
+    y = rand(2, 3, 20, 18, grad=True, device=dev)
+    i = rand(2, 3, 20, 18, device=dev)
     spa, _, col = ops.zero_reference_loss(y, i, backend=backend)
     (g,) = torch.autograd.grad(spa + 2 * col, y)
     y2 = y.detach().clone().requires_grad_()
@@ -111,14 +116,15 @@ def test_zero_reference_loss_partial_use(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck(backend):
+    dev = device_of(backend)
     d = torch.float64
-    x, r = rand(1, 3, 5, 4, dtype=d, grad=True), rand(1, 3, 2, 3, dtype=d, lo=-1, grad=True)
+    x, r = rand(1, 3, 5, 4, dtype=d, grad=True, device=dev), rand(1, 3, 2, 3, dtype=d, lo=-1, grad=True, device=dev)
     assert torch.autograd.gradcheck(lambda a, b: ops.le_curve(a, b, 3, backend=backend), (x, r))
-    case = {k: v.requires_grad_() for k, v in _dsconv_case(d, True, n=1, h=4, w=5).items()}
+    case = {k: v.requires_grad_() for k, v in _dsconv_case(d, True, n=1, h=4, w=5, device=dev).items()}
     x, x2 = case.pop("x"), case.pop("x2")
     assert torch.autograd.gradcheck(
         lambda a, a2, *p: ops.dsconv2d(a, *p, x2=a2, activation="tanh", backend=backend), (x, x2, *case.values()))
-    y, i = rand(2, 3, 9, 10, dtype=d, grad=True), rand(2, 3, 9, 10, dtype=d, grad=True)
+    y, i = rand(2, 3, 9, 10, dtype=d, grad=True, device=dev), rand(2, 3, 9, 10, dtype=d, grad=True, device=dev)
     assert torch.autograd.gradcheck(lambda a, b: ops.spatial_consistency_loss(a, b, 3, backend=backend), (y, i))
     assert torch.autograd.gradcheck(lambda a: ops.exposure_loss(a, 0.6, 4, backend=backend), (y,))
     assert torch.autograd.gradcheck(lambda a: ops.color_constancy_loss(a, backend=backend), (y,))
@@ -129,16 +135,17 @@ def test_gradcheck(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend):
+    dev = device_of(backend)
     lib = ops._library
-    case = _dsconv_case(torch.float32, True, h=6, w=7)
+    case = _dsconv_case(torch.float32, True, h=6, w=7, device=dev)
     x, x2 = case.pop("x").requires_grad_(), case.pop("x2").requires_grad_()
     p = [t.requires_grad_() for t in case.values()]
-    y, i = rand(2, 3, 17, 19, grad=True), rand(2, 3, 17, 19)
+    y, i = rand(2, 3, 17, 19, grad=True, device=dev), rand(2, 3, 17, 19, device=dev)
     samples = [
         (lib.dsconv2d, (x, x2, *p, "relu", backend)),
-        (lib.dsconv2d, (x, None, *[rand(5, 1, 3, 3, lo=-1, grad=True), rand(5, grad=True),
-                                   rand(4, 5, 1, 1, grad=True), rand(4, grad=True)], "tanh", backend)),
-        (lib.le_curve, (rand(2, 3, 9, 11, grad=True), rand(2, 3, 2, 3, lo=-1, grad=True), 8, backend)),
+        (lib.dsconv2d, (x, None, *[rand(5, 1, 3, 3, lo=-1, grad=True, device=dev), rand(5, grad=True, device=dev),
+                                   rand(4, 5, 1, 1, grad=True, device=dev), rand(4, grad=True, device=dev)], "tanh", backend)),
+        (lib.le_curve, (rand(2, 3, 9, 11, grad=True, device=dev), rand(2, 3, 2, 3, lo=-1, grad=True, device=dev), 8, backend)),
         (lib.spatial_consistency_loss, (y, i, 4, backend)),
         (lib.exposure_loss, (y, 0.6, 16, backend)),
         (lib.color_constancy_loss, (y, backend)),
@@ -227,14 +234,15 @@ def test_finite_check_can_be_disabled(monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_inputs(backend):
-    x = rand(2, 3, 23, 19).transpose(2, 3)          # (2, 3, 19, 23), not contiguous
-    r = rand(2, 3, 6, 5, lo=-1).transpose(2, 3)
+    dev = device_of(backend)
+    x = rand(2, 3, 23, 19, device=dev).transpose(2, 3)          # (2, 3, 19, 23), not contiguous
+    r = rand(2, 3, 6, 5, lo=-1, device=dev).transpose(2, 3)
     assert not x.is_contiguous() and not r.is_contiguous()
-    _check_fwd_bwd(lambda a, b: ops.le_curve(a, b, backend=backend), R.le_curve, [x, r], torch.float32)
-    _check_fwd_bwd(lambda a: ops.tv_loss(a, backend=backend), R.tv_loss, [x[:, :, ::2]], torch.float32)
-    y, i = rand(2, 3, 40, 36)[..., ::2, :], rand(2, 3, 20, 36)
+    _check_fwd_bwd(lambda a, b: ops.le_curve(a, b, backend=backend), R.le_curve, [x, r], torch.float32, dev)
+    _check_fwd_bwd(lambda a: ops.tv_loss(a, backend=backend), R.tv_loss, [x[:, :, ::2]], torch.float32, dev)
+    y, i = rand(2, 3, 40, 36, device=dev)[..., ::2, :], rand(2, 3, 20, 36, device=dev)
     _check_fwd_bwd(lambda a, b: ops.zero_reference_loss(a, b, backend=backend),
-                   lambda a, b: R.zero_reference_loss(a, b, 4, 0.6, 16), [y, i], torch.float32)
+                   lambda a, b: R.zero_reference_loss(a, b, 4, 0.6, 16), [y, i], torch.float32, dev)
 
 
 def test_auto_falls_back_with_one_warning(monkeypatch):
@@ -242,7 +250,7 @@ def test_auto_falls_back_with_one_warning(monkeypatch):
     b = ops._backends
     monkeypatch.setitem(b.BACKENDS, "cpu", b.Backend("cpu", "sgllie._missing_ext.kernels", ("cpu",), "a build"))
     monkeypatch.delenv("SGLLIE_BACKEND", raising=False)
-    b.load.cache_clear()
+    b._import.cache_clear()
     b._warn_fallback.cache_clear()
     try:
         with pytest.warns(UserWarning, match=r"backend 'cpu' unavailable \(needs a build"):
@@ -253,5 +261,5 @@ def test_auto_falls_back_with_one_warning(monkeypatch):
             assert b.resolve("tv_loss", None, torch.device("cpu")) == "reference"
     finally:
         monkeypatch.undo()
-        b.load.cache_clear()
+        b._import.cache_clear()
         b._warn_fallback.cache_clear()

@@ -41,16 +41,33 @@ PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("sgllie_backend", default=None)
 
 
+_triton_dry_run: contextvars.ContextVar[bool] = contextvars.ContextVar("sgllie_triton_dry_run", default=False)
+
+
 def triton_interpreting() -> bool:
     """TRITON_INTERPRET=1: Triton runs its kernels in an interpreter on CPU tensors (tests, no GPU)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@contextlib.contextmanager
+def triton_dry_run():
+    """Inside sgllie.kernels._runtime.dry_run the Triton backend takes CPU tensors: nothing runs."""
+    token = _triton_dry_run.set(True)
+    try:
+        yield
+    finally:
+        _triton_dry_run.reset(token)
+
+
+def triton_on_cpu() -> bool:
+    return triton_interpreting() or _triton_dry_run.get()
+
+
 def runs_on(name: str) -> tuple[str, ...]:
-    """Device types backend ``name`` takes tensors of (() means any). Under TRITON_INTERPRET=1 the
-    Triton kernels also take CPU tensors: slow, for testing; ``auto`` never picks them there."""
+    """Device types backend ``name`` takes tensors of (() means any). Under TRITON_INTERPRET=1 (and in
+    a dry run) the Triton kernels also take CPU tensors: slow, for testing; ``auto`` never picks them."""
     devices = BACKENDS[name].devices
-    if name == "triton" and triton_interpreting():
+    if name == "triton" and triton_on_cpu():
         return devices + ("cpu",)
     return devices
 
@@ -59,12 +76,16 @@ class BackendUnavailableError(RuntimeError):
     pass
 
 
-@functools.cache
 def load(name: str) -> tuple[ModuleType | None, str]:
     """(kernel module, "") if backend ``name`` can run here, else (None, why not)."""
-    backend = BACKENDS[name]
     if runs_on(name) == ("cuda",) and not torch.cuda.is_available():
         return None, "no CUDA device is available"
+    return _import(name)
+
+
+@functools.cache
+def _import(name: str) -> tuple[ModuleType | None, str]:
+    backend = BACKENDS[name]
     try:
         module = importlib.import_module(backend.module)
     except ModuleNotFoundError as e:

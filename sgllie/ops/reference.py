@@ -34,6 +34,8 @@ def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, p
 
 
 def activate(y: Tensor, activation: str) -> Tensor:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     return F.relu(y) if activation == "relu" else torch.tanh(y) if activation == "tanh" else y
 
 
