@@ -50,11 +50,12 @@ def fused_backends(device: torch.device = DEVICE) -> list[str]:
 
 
 def variants(device: torch.device = DEVICE, extra: tuple[str, ...] = ()) -> list[str]:
-    """Row names for a group: eager, [extra], compile, [compile-reduce-overhead], sgllie-<backend>..."""
-    names = ["eager", *extra, "compile"]
+    """Row names for a group: eager, [extra], sgllie-<backend>..., compile, [compile-reduce-overhead]
+    (the compile rows last: their first call compiles, the slowest step of a run)."""
+    names = ["eager", *extra, *(FUSED_PREFIX + b for b in fused_backends(device)), "compile"]
     if device.type == "cuda":
         names.append("compile-reduce-overhead")
-    return names + [FUSED_PREFIX + b for b in fused_backends(device)]
+    return names
 
 
 def backend_of(variant: str) -> str | None:
