@@ -38,6 +38,10 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # Every row in IEEE float32, as sgllie's kernels compute: cuDNN's TF32 convolutions (PyTorch's
+    # default) would make eager both faster and 1e-3 off.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     if config.getoption("--bench-quick", default=False):
         _common.SETTINGS["quick"] = True
     _common.SETTINGS["compile_backend"] = config.getoption("--bench-compile-backend", default=None)

@@ -46,7 +46,7 @@ def test_dsconv2d_train(variant, device, timer):
         return y, *torch.autograd.grad(y, inputs, g)
 
     y = R.dsconv2d(x, *params, None, "relu")
-    assert_close(fn(), (y, *torch.autograd.grad(y, inputs, g)), variant)
+    assert_close(fn(), (y, *torch.autograd.grad(y, inputs, g)), variant, outliers=1e-5)
     timer(fn, group=f"dsconv2d fwd+bwd 32->32 {shape_str(x)}", variant=variant)
 
 

@@ -6,7 +6,6 @@ tensors normally; CPU tensors too under TRITON_INTERPRET=1 (Triton's interpreter
 """
 from __future__ import annotations
 
-from sgllie.ops import reference
 from sgllie.ops import _backends
 
 try:
@@ -15,7 +14,11 @@ except ImportError as e:  # reported by unavailable_reason(), the package still 
     _IMPORT_ERROR: str | None = f"triton is not importable ({e})"
 else:
     _IMPORT_ERROR = None
+    from .dsconv2d import dsconv2d, dsconv2d_backward  # noqa: F401
     from .le_curve import le_curve, le_curve_backward  # noqa: F401
+    from .losses import (color_constancy_loss, color_constancy_loss_backward, exposure_loss,  # noqa: F401
+                         exposure_loss_backward, spatial_consistency_loss, spatial_consistency_loss_backward,
+                         tv_loss, tv_loss_backward, zero_reference_loss_backward, zero_reference_loss_forward)
 
 
 def unavailable_reason() -> str:
@@ -27,17 +30,3 @@ def unavailable_reason() -> str:
         return "no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly, for tests)"
     return ""
 
-
-# Not Triton kernels yet: the reference kernels.
-dsconv2d = reference.dsconv2d
-dsconv2d_backward = reference.dsconv2d_backward
-zero_reference_loss_forward = reference.zero_reference_loss_forward
-zero_reference_loss_backward = reference.zero_reference_loss_backward
-tv_loss = reference.tv_loss
-tv_loss_backward = reference.tv_loss_backward
-spatial_consistency_loss = reference.spatial_consistency_loss
-spatial_consistency_loss_backward = reference.spatial_consistency_loss_backward
-exposure_loss = reference.exposure_loss
-exposure_loss_backward = reference.exposure_loss_backward
-color_constancy_loss = reference.color_constancy_loss
-color_constancy_loss_backward = reference.color_constancy_loss_backward

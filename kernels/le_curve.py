@@ -18,9 +18,22 @@ _ROW_CONFIGS = [triton.Config({"BLOCK_W": bw}, num_warps=nw) for bw, nw in ((256
 
 
 @triton.jit
+def _div_rn(a, b, COMPUTE: tl.constexpr):
+    """a / b rounded to nearest: Triton's float32 ``/`` is an approximate division (float64's is exact)."""
+    if COMPUTE == tl.float64:
+        return a / b
+    else:
+        return tl.math.div_rn(a, b)
+
+
+@triton.jit
 def _source(out_index, in_size, out_size, COMPUTE: tl.constexpr):
-    """align_corners=True taps of output index (a tensor or scalar): (i0, i1, weight of i1), as PyTorch."""
-    scale = tl.where(out_size > 1, tl.cast(in_size - 1, COMPUTE) / tl.cast(out_size - 1, COMPUTE), 0.0)
+    """align_corners=True taps of output index (a tensor or scalar): (i0, i1, weight of i1), as PyTorch.
+
+    The scale is rounded as PyTorch's: an approximate division's last-bit error, times a 4K frame's
+    column index, moved the taps by 3e-5 of a pixel (measured on an H100)."""
+    scale = tl.where(out_size > 1, _div_rn(tl.cast(in_size - 1, COMPUTE), tl.cast(out_size - 1, COMPUTE), COMPUTE),
+                     0.0)
     src = scale * tl.cast(out_index, COMPUTE)
     i0 = tl.cast(src, tl.int32)
     i1 = i0 + tl.where(i0 < in_size - 1, 1, 0)

@@ -1,0 +1,81 @@
+"""Where each fused op's time goes on a GPU: the Triton kernels alone (replayed as a CUDA graph, so
+no launch overhead), the kernels launched from Python, and the public op call, against the op's
+memory floor. Needs CUDA. ``python -m benchmarks.gpu_profile`` prints a Markdown table.
+"""
+from __future__ import annotations
+
+import torch
+from triton.testing import do_bench, do_bench_cudagraph
+
+import sgllie
+import sgllie.ops as ops
+from sgllie import kernels as K
+from sgllie.graphs import GraphedEnhance
+
+BYTES_PER_S = 3.0e12  # H100 device-to-device copy, counting reads and writes
+
+
+def _rand(*shape, lo=0.0, dtype=torch.float32):
+    return torch.empty(*shape, device="cuda").uniform_(lo, 1.0).to(dtype)
+
+
+def _cases():
+    n, h, w = 8, 512, 512
+    f = 4
+    for dtype in (torch.float32, torch.float16):
+        x, r = _rand(1, 3, 2160, 3840, dtype=dtype), _rand(1, 3, 180, 320, lo=-1, dtype=dtype)
+        yield (f"le_curve fwd 4K {str(dtype)[6:]}", lambda x=x, r=r: K.le_curve(x, r, 8),
+               lambda x=x, r=r: ops.le_curve(x, r), 2 * x.numel() * x.element_size())
+    x, r, g = _rand(n, 3, h, w), _rand(n, 3, h, w, lo=-1), _rand(n, 3, h, w)
+    yield "le_curve bwd 8x3x512x512", lambda: K.le_curve_backward(g, x, r, 8), None, 5 * x.numel() * f
+    for c1, c2 in ((32, 0), (32, 32)):
+        a, b = _rand(n, c1, h, w), (_rand(n, c2, h, w) if c2 else None)
+        c = c1 + c2
+        p = [_rand(c, 1, 3, 3, lo=-1), _rand(c, lo=-1), _rand(32, c, 1, 1, lo=-1) / c ** 0.5, _rand(32, lo=-1)]
+        yield (f"dsconv2d fwd {c1}+{c2}->32", lambda a=a, b=b, p=p: K.dsconv2d(a, *p, x2=b, activation="relu"),
+               lambda a=a, b=b, p=p: ops.dsconv2d(a, *p, x2=b, activation="relu"), (c + 32) * n * h * w * f)
+        gy = _rand(n, 32, h, w, lo=-1)
+        yield (f"dsconv2d bwd {c1}+{c2}->32", lambda a=a, b=b, p=p, gy=gy:
+               K.dsconv2d_backward(gy, a, *p, x2=b, activation="relu"), None, (32 + 2 * c) * n * h * w * f)
+    y, i = _rand(n, 3, h, w), _rand(n, 3, h, w)
+    yield ("zero_reference_loss fwd", lambda: K.zero_reference_loss_forward(y, i, 4, 0.6, 16),
+           lambda: ops.zero_reference_loss(y, i), 2 * y.numel() * f)
+    pooled = K.zero_reference_loss_forward(y, i, 4, 0.6, 16)[3]
+    one = torch.ones((), device="cuda")
+    yield ("zero_reference_loss bwd", lambda: K.zero_reference_loss_backward(one, one, one, pooled, y, False, 4, 16),
+           None, y.numel() * f)
+    yield "tv_loss fwd", lambda: K.tv_loss(r), lambda: ops.tv_loss(r), r.numel() * f
+    yield "tv_loss bwd", lambda: K.tv_loss_backward(one, r), None, 2 * r.numel() * f
+    for dtype in (torch.float32, torch.float16):
+        model = sgllie.EnhanceNet(scale_factor=12).cuda().to(dtype).eval()
+        x = _rand(1, 3, 2160, 3840, dtype=dtype)
+        graphed = GraphedEnhance(model, backend="triton")
+
+        def plain(model=model, x=x):
+            with torch.inference_mode(), ops.use_backend("triton"):
+                return model.enhance(x)
+        yield (f"model.enhance 4K {str(dtype)[6:]} (kernels = graphed)", lambda g=graphed, x=x: g(x), plain,
+               2 * x.numel() * x.element_size())
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    torch.backends.cudnn.allow_tf32 = False
+    print("| op | floor us | kernels, graph us | kernels us | op call us | floor / graph |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, kernel, call, floor in _cases():
+        try:
+            kernel()  # autotune, compile
+            torch.cuda.synchronize()
+            graph_ms = do_bench_cudagraph(kernel, rep=50, return_mode="median")
+            kernel_ms = do_bench(kernel, warmup=10, rep=50, return_mode="median")
+            call_ms = do_bench(call, warmup=10, rep=50, return_mode="median") if call else float("nan")
+            floor_us = floor / BYTES_PER_S * 1e6
+            print(f"| {name} | {floor_us:.0f} | {graph_ms * 1e3:.0f} | {kernel_ms * 1e3:.0f} | {call_ms * 1e3:.0f} | "
+                  f"{floor_us / (graph_ms * 1e3):.0%} |", flush=True)
+        except Exception as e:  # one broken row must not hide the others
+            print(f"| {name} | error: {type(e).__name__}: {str(e).splitlines()[0][:200]} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

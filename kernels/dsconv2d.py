@@ -1,0 +1,369 @@
+"""Depthwise-separable conv: depthwise 3x3 (zero padding 1) + bias, pointwise 1x1 + bias, then an
+activation ("none", "relu" or "tanh"); the input is x, or the channel concatenation [x, x2] read
+from the two tensors (never built). float32/float16/bfloat16 I/O computed in float32, float64 in
+float64.
+
+Programs own 2-D tiles of pixels of one image (2-D, so that the 3x3 halo re-read stays small),
+flattened to BLOCK_H * BLOCK_W lanes. Input channels go CHUNK = 16 at a time (the smallest tl.dot
+dimension, masked): a tile of the depthwise output z, then one tl.dot with 16 rows of the
+pointwise weights; outputs are masked up to BLOCK_O >= 16. Float32 products are exact ("ieee").
+
+Forward: one read of x (and x2) with the tile's halo, one write of y.
+Backward, in kernels small enough to keep their registers (Triton holds each tl.dot's operands
+and every layout of a tile in registers: one kernel doing it all spills):
+- act (with an activation only): recomputes the pre-activation, writes gm = dL/d(pre-activation);
+- dz: dL/dz = gm W (a float32 scratch, N x C x H x W), and partial sums of the pointwise bias and
+  depthwise weight and bias gradients;
+- pw: recomputes z, partial sums of the pointwise weight gradient z^T gm;
+- input: the transposed depthwise of dL/dz, written to dL/dx and dL/dx2.
+dz and pw programs each own a run of tiles and add into their own row of partial sums, which the
+host sums in a fixed order: no atomics, the same result every run.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._runtime import autotune, launch
+
+
+def _configs(*shapes):
+    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw) for bh, bw, nw in shapes]
+
+
+# (BLOCK_H, BLOCK_W, num_warps), each list checked to build with no spills for sm_80 and sm_90. A
+# float32 "ieee" tl.dot runs on FMAs with its operands' whole K in registers: the pixels are the M of
+# the forward's products but the K of the params kernel's z^T gm, whose tiles stay small.
+_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))     # also the act kernel's
+_DZ_CONFIGS = _configs((4, 16, 8), (8, 8, 8))
+_PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4))
+_PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
+_CHUNK = 16
+# Programs per launch of dz and pw (over all images), so that the partial sums stay small at any
+# image size while filling the GPU.
+_PARTIAL_PROGRAMS = 1024
+_MIN_RUN = 4
+
+
+@triton.jit
+def _tile(tile, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Rows and columns (1-D, BLOCK_H * BLOCK_W) of the pixels of tile number ``tile``."""
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    p = tl.arange(0, BLOCK_H * BLOCK_W)
+    return (tile // tiles_w) * BLOCK_H + p // BLOCK_W, (tile % tiles_w) * BLOCK_W + p % BLOCK_W
+
+
+@triton.jit
+def _chunk(ptr, n, C, c0, H, W, CHUNK: tl.constexpr):
+    """Channels [c0, c0 + CHUNK) of image n of an (N, C, H, W) tensor: plane pointers, channel
+    numbers, their mask (1-D)."""
+    ch = c0 + tl.arange(0, CHUNK)
+    return ptr + (n * C + ch).to(tl.int64) * H * W, ch, ch < C
+
+
+# The helpers below take channel-indexed tensors (planes, ch, cmask) along one axis and pixel-indexed
+# ones (rows, cols) along the other: [pixels, channels] or [channels, pixels], whichever the caller's
+# tl.dot wants, so that no tile is ever transposed in registers.
+@triton.jit
+def _shifted(planes, cmask, rows, cols, dy, dx, H, W, COMPUTE: tl.constexpr):
+    """x[c, rows + dy, cols + dx], zero outside the image (the padding)."""
+    r, c = rows + dy, cols + dx
+    inside = (r >= 0) & (r < H) & (c >= 0) & (c < W)
+    return tl.load(planes + (r * W + c), mask=inside & cmask, other=0.0).to(COMPUTE)
+
+
+@triton.jit
+def _depthwise(planes, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, COMPUTE: tl.constexpr):
+    """z = bias + 3x3 depthwise (zero in masked channels); the weight pointers start at the input's
+    first channel."""
+    z = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE) + tl.zeros_like(rows + cols).to(COMPUTE)
+    for t in range(9):  # not unrolled: unrolled, every tap's weights get hoisted into registers
+        w = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)
+        z += w * _shifted(planes, cmask, rows, cols, t // 3 - 1, t % 3 - 1, H, W, COMPUTE)
+    return z
+
+
+@triton.jit
+def _weights(pww_ptr, C, cw, cmask, oo, omask, COMPUTE: tl.constexpr):
+    """pw_weight[o, cw], cw the channels' numbers in [x, x2]: [outputs, channels] or transposed, as
+    the index tensors are laid out."""
+    return tl.load(pww_ptr + oo * C + cw, mask=omask & cmask, other=0.0).to(COMPUTE)
+
+
+@triton.jit
+def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
+                   COMPUTE: tl.constexpr, CHUNK: tl.constexpr):
+    """acc + the pointwise conv of one input's z, [pixels, outputs]; its Ci channels are channels
+    first.. of [x, x2]."""
+    for c0 in range(0, Ci, CHUNK):
+        planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK)
+        z = _depthwise(planes[None, :], ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
+                       dww_ptr + first * 9, dwb_ptr + first, COMPUTE)
+        w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
+        acc = tl.dot(z, w, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
+                    COMPUTE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BLOCK_O: tl.constexpr):
+    """The conv's output before its activation, [pixels, outputs]."""
+    pre = tl.load(pwb_ptr + oo, mask=omask, other=0.0).to(COMPUTE)[None, :] + tl.zeros([BLOCK_P, BLOCK_O], COMPUTE)
+    pre = _add_pointwise(pre, x_ptr, n, C1, 0, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
+                         COMPUTE, CHUNK)
+    return _add_pointwise(pre, x2_ptr, n, C2, C1, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
+                          COMPUTE, CHUNK)
+
+
+@triton.jit
+def _tanh(a):
+    """tanh to a few ulps (libdevice's has no interpreter version): an odd Taylor polynomial near 0,
+    where (1 - t) / (1 + t), t = exp(-2|a|), would cancel; that quotient elsewhere."""
+    s = a * a
+    near = a + a * s * (-1 / 3 + s * (2 / 15 + s * (-17 / 315 + s * (62 / 2835 + s * (-1382 / 155925 + s * (
+        21844 / 6081075))))))  # next term below 4e-16 relative at |a| = 1/8
+    t = tl.exp(-2 * tl.abs(a))
+    far = (1 - t) / (1 + t)
+    return tl.where(tl.abs(a) < 0.125, near, tl.where(a < 0, -far, far))
+
+
+@autotune(_FWD_CONFIGS, key=["W", "C1", "C2", "O"])
+@triton.jit
+def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, C1, C2, O,
+                ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr,
+                BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    n = tl.program_id(1)
+    rows, cols = _tile(tl.program_id(0), W, BLOCK_H, BLOCK_W)
+    oo = tl.arange(0, BLOCK_O)
+    omask = oo < O
+    y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
+                        COMPUTE, CHUNK, BLOCK_H * BLOCK_W, BLOCK_O)
+    if ACTIVATION == "relu":
+        y = tl.where(y < 0, 0.0, y)  # NaN stays NaN, as F.relu
+    elif ACTIVATION == "tanh":
+        y = _tanh(y)
+    out = y_ptr + ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None]
+    tl.store(out, y, mask=((rows < H) & (cols < W))[:, None] & omask[None, :])
+
+
+@autotune(_FWD_CONFIGS, key=["W", "C1", "C2", "O"])
+@triton.jit
+def _dsconv_bwd_act(g_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, gm_ptr, H, W, C1, C2, O,
+                    ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_O: tl.constexpr,
+                    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """gm = dL/d(pre-activation): the forward's tile, the incoming gradient times act'(pre)."""
+    n = tl.program_id(1)
+    rows, cols = _tile(tl.program_id(0), W, BLOCK_H, BLOCK_W)
+    oo = tl.arange(0, BLOCK_O)
+    omask = oo < O
+    pre = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
+                          COMPUTE, CHUNK, BLOCK_H * BLOCK_W, BLOCK_O)
+    offs = ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None]
+    mask = ((rows < H) & (cols < W))[:, None] & omask[None, :]
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    if ACTIVATION == "relu":
+        g = tl.where(pre > 0, g, 0.0)
+    else:
+        th = _tanh(pre)
+        g = g * (1 - th * th)
+    tl.store(gm_ptr + offs, g, mask=mask)
+
+
+@triton.jit
+def _run(BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, H, W):
+    """This program's run of consecutive tiles of its image, [first, last): neighbours share their
+    halo. The host launches no more programs than tiles, so each run holds one at least."""
+    tiles = tl.cdiv(H, BLOCK_H) * tl.cdiv(W, BLOCK_W)
+    programs, p = tl.num_programs(0), tl.program_id(0)
+    per, extra = tiles // programs, tiles % programs  # the first `extra` runs hold one tile more
+    first = p * per + tl.minimum(p, extra)
+    return first, first + per + (p < extra).to(tl.int32)
+
+
+@triton.jit
+def _accumulate(ptr, value, mask, update):
+    """*ptr += value, or *ptr = value unless ``update`` (on a run's first tile). A row of partial
+    sums belongs to one program: a fixed order, no atomics."""
+    tl.store(ptr, value + tl.load(ptr, mask=mask & update, other=0.0), mask=mask)
+
+
+@triton.jit
+def _dz_input(gm_ptr, n, Ci, first, C, O, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE: tl.constexpr,
+              CHUNK: tl.constexpr, BLOCK_P: tl.constexpr):
+    """One input's share of a dz tile: its Ci channels are channels first.. of [x, x2]."""
+    inside = ((rows < H) & (cols < W))[:, None]
+    for c0 in range(0, Ci, CHUNK):
+        cw = first + c0 + tl.arange(0, CHUNK)
+        cmask = cw < first + Ci
+        gz = tl.zeros([BLOCK_P, CHUNK], COMPUTE)
+        for o0 in range(0, O, CHUNK):  # outputs CHUNK at a time too: an "ieee" tl.dot's K stays small
+            oo = o0 + tl.arange(0, CHUNK)
+            omask = oo < O
+            gm = tl.load(gm_ptr + ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
+                         mask=inside & omask[None, :], other=0.0).to(COMPUTE)
+            w = _weights(pww_ptr, C, cw[None, :], cmask[None, :], oo[:, None], omask[:, None], COMPUTE)
+            gz = tl.dot(gm, w, gz, input_precision="ieee")
+        tl.store(gz_ptr + ((n * C + cw).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None], gz,
+                 mask=inside & cmask[None, :])
+
+
+@autotune(_DZ_CONFIGS, key=["W", "C1", "C2", "O"])
+@triton.jit
+def _dsconv_bwd_dz(gm_ptr, pww_ptr, gz_ptr, H, W, C1, C2, O, COMPUTE: tl.constexpr, CHUNK: tl.constexpr,
+                   BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """dL/dz = gm W: the forward's pointwise conv transposed."""
+    n = tl.program_id(1)
+    rows, cols = _tile(tl.program_id(0), W, BLOCK_H, BLOCK_W)
+    _dz_input(gm_ptr, n, C1, 0, C1 + C2, O, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE, CHUNK, BLOCK_H * BLOCK_W)
+    _dz_input(gm_ptr, n, C2, C1, C1 + C2, O, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE, CHUNK, BLOCK_H * BLOCK_W)
+
+
+@triton.jit
+def _params_input(gm, ptr, n, Ci, first, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
+                  omask, COMPUTE: tl.constexpr, DOT: tl.constexpr, CHUNK: tl.constexpr):
+    """One input's share of a params tile, channels-first: z^T gm needs no transpose in registers."""
+    inside = ((rows < H) & (cols < W))[None, :]
+    for c0 in range(0, Ci, CHUNK):
+        planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK)
+        cw = first + ch
+        gzt = tl.load(gz_ptr + ((n * C + cw).to(tl.int64) * H * W)[:, None] + (rows * W + cols)[None, :],
+                      mask=cmask[:, None] & inside, other=0.0)
+        dw = part + O * C + O + cw  # + t * C: taps 0-8, the bias at 9
+        _accumulate(dw + 9 * C, tl.sum(gzt, 1), cmask, update)
+        # z and dL/d(depthwise weights) = sum over pixels of gz * x shifted, from the same loads
+        zt = tl.load(dwb_ptr + cw, mask=cmask, other=0.0).to(COMPUTE)[:, None] + tl.zeros_like(gzt)
+        for t in range(9):
+            x = _shifted(planes[:, None], cmask[:, None], rows[None, :], cols[None, :], t // 3 - 1, t % 3 - 1,
+                         H, W, COMPUTE)
+            zt += tl.load(dww_ptr + cw * 9 + t, mask=cmask, other=0.0).to(COMPUTE)[:, None] * x
+            _accumulate(dw + t * C, tl.sum(gzt * x, 1), cmask, update)
+        pw = part + cw[:, None] + oo[None, :] * C
+        pw_mask = cmask[:, None] & omask[None, :]
+        tl.store(pw, tl.dot(zt, gm, tl.load(pw, mask=pw_mask & update, other=0.0), input_precision=DOT),
+                 mask=pw_mask)
+
+
+@autotune(_PARAMS_CONFIGS, key=["W", "C1", "C2", "O"])
+@triton.jit
+def _dsconv_bwd_params(gm_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, part_ptr, H, W, C1, C2, O,
+                       COMPUTE: tl.constexpr, DOT: tl.constexpr, CHUNK: tl.constexpr, BLOCK_O: tl.constexpr,
+                       BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Partial sums of the four parameter gradients over a run of tiles, into this program's row."""
+    n = tl.program_id(1)
+    C = C1 + C2
+    part = part_ptr + (n * tl.num_programs(0) + tl.program_id(0)).to(tl.int64) * (O * C + O + 10 * C)
+    oo = tl.arange(0, BLOCK_O)
+    omask = oo < O
+    first, last = _run(BLOCK_H, BLOCK_W, H, W)
+    for tile in range(first, last):
+        rows, cols = _tile(tile, W, BLOCK_H, BLOCK_W)
+        gm = tl.load(gm_ptr + ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
+                     mask=((rows < H) & (cols < W))[:, None] & omask[None, :], other=0.0).to(COMPUTE)
+        update = tl.full([1], tile, tl.int32) > first  # [1]: a scalar mask trips the interpreter
+        _accumulate(part + O * C + oo, tl.sum(gm, 0), omask, update)
+        _params_input(gm, x_ptr, n, C1, 0, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
+                      omask, COMPUTE, DOT, CHUNK)
+        _params_input(gm, x2_ptr, n, C2, C1, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
+                      omask, COMPUTE, DOT, CHUNK)
+        tl.debug_barrier()  # the partial sums just stored are read back by other threads of the program
+
+
+@autotune(_PLANE_CONFIGS, key=["W"])
+@triton.jit
+def _dsconv_bwd_input(gz_ptr, dww_ptr, gx_ptr, gx2_ptr, H, W, C1, C2, COMPUTE: tl.constexpr,
+                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """dL/dx of one channel plane: the depthwise 3x3 transposed (taps flipped) over dL/dz."""
+    c, n = tl.program_id(1), tl.program_id(2)
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    rows = (tl.program_id(0) // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+    cols = (tl.program_id(0) % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    plane = gz_ptr + (n * (C1 + C2) + c).to(tl.int64) * H * W
+    acc = tl.zeros([BLOCK_H, BLOCK_W], COMPUTE)
+    for t in tl.static_range(9):
+        r, s = rows - (t // 3 - 1), cols - (t % 3 - 1)
+        inside = (r >= 0) & (r < H) & (s >= 0) & (s < W)
+        acc += tl.load(dww_ptr + c * 9 + t).to(COMPUTE) * tl.load(plane + r * W + s, mask=inside, other=0.0)
+    offs = rows * W + cols
+    mask = (rows < H) & (cols < W)
+    if c < C1:
+        tl.store(gx_ptr + (n * C1 + c).to(tl.int64) * H * W + offs, acc, mask=mask)
+    else:
+        tl.store(gx2_ptr + (n * C2 + c - C1).to(tl.int64) * H * W + offs, acc, mask=mask)
+
+
+def _block(c: int) -> int:
+    return max(16, triton.next_power_of_2(c))
+
+
+def _prepare(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation):
+    """Contiguous tensors, x2 (x standing in when absent: never read), C2, O, the activation and the
+    common constexprs."""
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"sgllie.kernels.dsconv2d: float32/float16/bfloat16/float64 tensors, got {x.dtype}")
+    activation = activation or "none"
+    if activation not in ("none", "relu", "tanh"):
+        raise ValueError(f"sgllie.kernels.dsconv2d: activation 'none', 'relu' or 'tanh', got {activation!r}")
+    x, dw_weight, dw_bias, pw_weight, pw_bias = (t.contiguous() for t in (x, dw_weight, dw_bias, pw_weight,
+                                                                          pw_bias))
+    c2 = 0 if x2 is None else x2.shape[1]
+    x2 = x if x2 is None else x2.contiguous()
+    o = pw_weight.shape[0]
+    consts = dict(COMPUTE=tl.float64 if x.dtype == torch.float64 else tl.float32, CHUNK=_CHUNK, BLOCK_O=_block(o))
+    return x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, consts
+
+
+def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw_weight: torch.Tensor,
+             pw_bias: torch.Tensor, x2: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
+    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, consts = _prepare(
+        x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)
+    n, c1, H, W = x.shape
+    y = x.new_empty(n, o, H, W)
+    grid = lambda meta: (triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
+    launch(_dsconv_fwd, grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o,
+           ACTIVATION=activation, **consts)
+    return y
+
+
+def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor,
+                      pw_weight: torch.Tensor, pw_bias: torch.Tensor, x2: torch.Tensor | None = None,
+                      activation: str = "none"):
+    """Returns (grad_x, grad_x2 or None, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias)."""
+    has_x2 = x2 is not None
+    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, consts = _prepare(
+        x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)
+    grad = grad.contiguous().to(x.dtype)
+    n, c1, H, W = x.shape
+    c = c1 + c2
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    tiles = lambda meta: triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"])  # noqa: E731
+    gm = grad  # dL/d(pre-activation)
+    if activation != "none":
+        gm = torch.empty((n, o, H, W), device=x.device, dtype=compute)
+        launch(_dsconv_bwd_act, lambda meta: (tiles(meta), n), grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias,
+               gm, H, W, c1, c2, o, ACTIVATION=activation, **consts)
+    gz = torch.empty((n, c, H, W), device=x.device, dtype=compute)
+    launch(_dsconv_bwd_dz, lambda meta: (tiles(meta), n), gm, pw_weight, gz, H, W, c1, c2, o,
+           COMPUTE=consts["COMPUTE"], CHUNK=_CHUNK)
+    # programs per image: runs of a few tiles at least, and no more runs than the tiles of the
+    # coarsest config, so that none is empty
+    programs = min(triton.cdiv(min(tiles(k.kwargs) for k in _PARAMS_CONFIGS), _MIN_RUN),
+                   triton.cdiv(_PARTIAL_PROGRAMS, n))
+    part = torch.empty((n * programs, o * c + o + 10 * c), device=x.device, dtype=compute)
+    # tf32x3: three tensor-core products, float32 accuracy; an "ieee" float32 tl.dot runs on FMAs
+    # with all of K (here the tile's pixels) in registers
+    launch(_dsconv_bwd_params, (programs, n), gm, x, x2, dw_weight, dw_bias, gz, part, H, W, c1, c2, o,
+           DOT="ieee" if x.dtype == torch.float64 else "tf32x3", **consts)
+    gx = torch.empty_like(x)
+    gx2 = torch.empty_like(x2) if has_x2 else gx  # gx standing in: never written
+    launch(_dsconv_bwd_input, lambda meta: (tiles(meta), c, n), gz, dw_weight, gx, gx2, H, W, c1, c2,
+           COMPUTE=consts["COMPUTE"])
+    part = part.sum(0)  # a fixed order: deterministic
+    g_pw_weight = part[:o * c].view(pw_weight.shape)
+    g_pw_bias = part[o * c:o * c + o]
+    dw = part[o * c + o:].view(10, c)
+    g_dw_weight = dw[:9].t().reshape(dw_weight.shape)
+    # copies: the outputs of a custom op may not be views of one another
+    return (gx, gx2 if has_x2 else None, *(t.to(x.dtype, copy=True) for t in (g_dw_weight, dw[9], g_pw_weight,
+                                                                             g_pw_bias)))
