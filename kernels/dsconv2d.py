@@ -4,20 +4,19 @@ from the two tensors (never built). float32/float16/bfloat16 I/O computed in flo
 float64.
 
 Programs own 2-D tiles of pixels of one image (2-D, so that the 3x3 halo re-read stays small),
-flattened to BLOCK_H * BLOCK_W lanes. Input channels go CHUNK = 16 at a time (the smallest tl.dot
-dimension, masked): a tile of the depthwise output z, then one tl.dot with 16 rows of the
-pointwise weights; outputs are masked up to BLOCK_O >= 16. Float32 products are exact ("ieee").
+flattened to BLOCK_H * BLOCK_W lanes. Channels go CHUNK = 16 at a time (the smallest tl.dot
+dimension; masked): a tile of the depthwise output z, then one tl.dot with 16 rows of the pointwise
+weights; outputs are masked up to BLOCK_O >= 16. Products are exact float32 ("ieee", on FMAs).
 
 Forward: one read of x (and x2) with the tile's halo, one write of y.
-Backward, in kernels small enough to keep their registers (Triton holds each tl.dot's operands
-and every layout of a tile in registers: one kernel doing it all spills):
-- act (with an activation only): recomputes the pre-activation, writes gm = dL/d(pre-activation);
-- dz: dL/dz = gm W (a float32 scratch, N x C x H x W), and partial sums of the pointwise bias and
-  depthwise weight and bias gradients;
-- pw: recomputes z, partial sums of the pointwise weight gradient z^T gm;
+Backward: four kernels, each small enough to keep in registers (one kernel doing it all spilled:
+Triton keeps every tl.dot operand, and every layout a tile is used in, in registers):
+- act, with an activation only: the pre-activation recomputed, gm = dL/d(pre-activation) written;
+- dz: dL/dz = gm W into a float32 scratch (N, C, H, W);
+- params: z recomputed, partial sums of all four parameter gradients (z^T gm, gm, gz * x shifted,
+  gz) over a run of tiles, added into the program's own row: the host sums the rows in a fixed
+  order (no atomics, the same result every run);
 - input: the transposed depthwise of dL/dz, written to dL/dx and dL/dx2.
-dz and pw programs each own a run of tiles and add into their own row of partial sums, which the
-host sums in a fixed order: no atomics, the same result every run.
 """
 from __future__ import annotations
 
@@ -32,16 +31,16 @@ def _configs(*shapes):
     return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw) for bh, bw, nw in shapes]
 
 
-# (BLOCK_H, BLOCK_W, num_warps), each list checked to build with no spills for sm_80 and sm_90. A
-# float32 "ieee" tl.dot runs on FMAs with its operands' whole K in registers: the pixels are the M of
-# the forward's products but the K of the params kernel's z^T gm, whose tiles stay small.
-_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))     # also the act kernel's
+# (BLOCK_H, BLOCK_W, num_warps), each list checked to build with no spills for sm_80 and sm_90 in
+# every dtype. An "ieee" tl.dot holds its operands' whole K in registers: the pixels are the M of the
+# forward's products but the K of the params kernel's z^T gm, whose tiles stay small.
+_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))  # also the act kernel's
 _DZ_CONFIGS = _configs((4, 16, 8), (8, 8, 8))
 _PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4))
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
 _CHUNK = 16
-# Programs per launch of dz and pw (over all images), so that the partial sums stay small at any
-# image size while filling the GPU.
+# params programs over all images: enough to fill the GPU, few enough that their rows of partial
+# sums stay small at any image size; and runs of _MIN_RUN tiles at least, neighbours sharing halos
 _PARTIAL_PROGRAMS = 1024
 _MIN_RUN = 4
 
@@ -101,7 +100,7 @@ def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr
         z = _depthwise(planes[None, :], ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
                        dww_ptr + first * 9, dwb_ptr + first, COMPUTE)
         w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
-        acc = tl.dot(z, w, acc, input_precision="ieee")
+        acc = tl.dot(z, w, acc, input_precision="ieee", out_dtype=COMPUTE)
     return acc
 
 
@@ -204,7 +203,7 @@ def _dz_input(gm_ptr, n, Ci, first, C, O, rows, cols, H, W, pww_ptr, gz_ptr, COM
             gm = tl.load(gm_ptr + ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
                          mask=inside & omask[None, :], other=0.0).to(COMPUTE)
             w = _weights(pww_ptr, C, cw[None, :], cmask[None, :], oo[:, None], omask[:, None], COMPUTE)
-            gz = tl.dot(gm, w, gz, input_precision="ieee")
+            gz = tl.dot(gm, w, gz, input_precision="ieee", out_dtype=COMPUTE)
         tl.store(gz_ptr + ((n * C + cw).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None], gz,
                  mask=inside & cmask[None, :])
 
@@ -222,7 +221,7 @@ def _dsconv_bwd_dz(gm_ptr, pww_ptr, gz_ptr, H, W, C1, C2, O, COMPUTE: tl.constex
 
 @triton.jit
 def _params_input(gm, ptr, n, Ci, first, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
-                  omask, COMPUTE: tl.constexpr, DOT: tl.constexpr, CHUNK: tl.constexpr):
+                  omask, COMPUTE: tl.constexpr, CHUNK: tl.constexpr):
     """One input's share of a params tile, channels-first: z^T gm needs no transpose in registers."""
     inside = ((rows < H) & (cols < W))[None, :]
     for c0 in range(0, Ci, CHUNK):
@@ -230,25 +229,28 @@ def _params_input(gm, ptr, n, Ci, first, C, O, rows, cols, H, W, dww_ptr, dwb_pt
         cw = first + ch
         gzt = tl.load(gz_ptr + ((n * C + cw).to(tl.int64) * H * W)[:, None] + (rows * W + cols)[None, :],
                       mask=cmask[:, None] & inside, other=0.0)
-        dw = part + O * C + O + cw  # + t * C: taps 0-8, the bias at 9
-        _accumulate(dw + 9 * C, tl.sum(gzt, 1), cmask, update)
-        # z and dL/d(depthwise weights) = sum over pixels of gz * x shifted, from the same loads
+        # z and dL/d(depthwise weights) = sum over pixels of gz * x shifted, from the same loads;
+        # the latter as [channels, 16]: 9 taps, the bias, padding
+        taps = tl.arange(0, 16)[None, :]
+        dw = tl.where(taps == 9, tl.sum(gzt, 1)[:, None], 0.0)
         zt = tl.load(dwb_ptr + cw, mask=cmask, other=0.0).to(COMPUTE)[:, None] + tl.zeros_like(gzt)
         for t in range(9):
             x = _shifted(planes[:, None], cmask[:, None], rows[None, :], cols[None, :], t // 3 - 1, t % 3 - 1,
                          H, W, COMPUTE)
             zt += tl.load(dww_ptr + cw * 9 + t, mask=cmask, other=0.0).to(COMPUTE)[:, None] * x
-            _accumulate(dw + t * C, tl.sum(gzt * x, 1), cmask, update)
+            dw += tl.where(taps == t, tl.sum(gzt * x, 1)[:, None], 0.0)
+        _accumulate(part + O * C + O + taps * C + cw[:, None], dw, cmask[:, None] & (taps < 10), update)
         pw = part + cw[:, None] + oo[None, :] * C
         pw_mask = cmask[:, None] & omask[None, :]
-        tl.store(pw, tl.dot(zt, gm, tl.load(pw, mask=pw_mask & update, other=0.0), input_precision=DOT),
-                 mask=pw_mask)
+        pw_sum = tl.dot(zt, gm, tl.load(pw, mask=pw_mask & update, other=0.0), input_precision="ieee",
+                        out_dtype=COMPUTE)
+        tl.store(pw, pw_sum, mask=pw_mask)
 
 
 @autotune(_PARAMS_CONFIGS, key=["W", "C1", "C2", "O"])
 @triton.jit
 def _dsconv_bwd_params(gm_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, part_ptr, H, W, C1, C2, O,
-                       COMPUTE: tl.constexpr, DOT: tl.constexpr, CHUNK: tl.constexpr, BLOCK_O: tl.constexpr,
+                       COMPUTE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_O: tl.constexpr,
                        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """Partial sums of the four parameter gradients over a run of tiles, into this program's row."""
     n = tl.program_id(1)
@@ -264,9 +266,9 @@ def _dsconv_bwd_params(gm_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, part_ptr
         update = tl.full([1], tile, tl.int32) > first  # [1]: a scalar mask trips the interpreter
         _accumulate(part + O * C + oo, tl.sum(gm, 0), omask, update)
         _params_input(gm, x_ptr, n, C1, 0, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
-                      omask, COMPUTE, DOT, CHUNK)
+                      omask, COMPUTE, CHUNK)
         _params_input(gm, x2_ptr, n, C2, C1, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
-                      omask, COMPUTE, DOT, CHUNK)
+                      omask, COMPUTE, CHUNK)
         tl.debug_barrier()  # the partial sums just stored are read back by other threads of the program
 
 
@@ -346,15 +348,11 @@ def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tens
     gz = torch.empty((n, c, H, W), device=x.device, dtype=compute)
     launch(_dsconv_bwd_dz, lambda meta: (tiles(meta), n), gm, pw_weight, gz, H, W, c1, c2, o,
            COMPUTE=consts["COMPUTE"], CHUNK=_CHUNK)
-    # programs per image: runs of a few tiles at least, and no more runs than the tiles of the
-    # coarsest config, so that none is empty
+    # programs per image: no more runs than the coarsest config has tiles, so that none is empty
     programs = min(triton.cdiv(min(tiles(k.kwargs) for k in _PARAMS_CONFIGS), _MIN_RUN),
                    triton.cdiv(_PARTIAL_PROGRAMS, n))
     part = torch.empty((n * programs, o * c + o + 10 * c), device=x.device, dtype=compute)
-    # tf32x3: three tensor-core products, float32 accuracy; an "ieee" float32 tl.dot runs on FMAs
-    # with all of K (here the tile's pixels) in registers
-    launch(_dsconv_bwd_params, (programs, n), gm, x, x2, dw_weight, dw_bias, gz, part, H, W, c1, c2, o,
-           DOT="ieee" if x.dtype == torch.float64 else "tf32x3", **consts)
+    launch(_dsconv_bwd_params, (programs, n), gm, x, x2, dw_weight, dw_bias, gz, part, H, W, c1, c2, o, **consts)
     gx = torch.empty_like(x)
     gx2 = torch.empty_like(x2) if has_x2 else gx  # gx standing in: never written
     launch(_dsconv_bwd_input, lambda meta: (tiles(meta), c, n), gz, dw_weight, gx, gx2, H, W, c1, c2,

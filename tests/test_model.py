@@ -219,7 +219,8 @@ def test_fused_training_gradients_as_accurate_as_eager(backend):
     from sgllie.losses import LossWeights, SGZLoss
     torch.manual_seed(0)
     net, loss = sgllie.EnhanceNet(), SGZLoss(LossWeights(sem=0))
-    x = torch.rand(2, 3, 64, 80)
+    # smaller under the Triton interpreter, where every program of every launch runs in numpy
+    x = torch.rand(*((1, 3, 20, 36) if sgllie.ops._backends.triton_interpreting() else (2, 3, 64, 80)))
 
     def grads(model, images, name):
         model.zero_grad()
