@@ -79,12 +79,14 @@ def _truth(ref, inputs):
 
 def _assert_close(got, want, dtype, what):
     """Each tensor within dtype's tolerance, atol relative to its largest value (loss gradients
-    are ~1/numel: an absolute half-precision atol would accept anything)."""
+    are ~1/numel: an absolute half-precision atol would accept anything), but never below one
+    step of the dtype's subnormals (float16 holds a 1e-6 gradient to 6e-8 only)."""
     rtol, atol = TOLERANCES[dtype]
+    finfo = torch.finfo(dtype)
     for k, (a, b) in enumerate(zip(got, want, strict=True)):
         assert a.dtype == dtype, f"{what}[{k}]: dtype {a.dtype}, expected {dtype}"
-        scale = max(float(b.abs().max()), 1e-30)
-        torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol * scale,
+        atol_k = max(atol * max(float(b.abs().max()), 1e-30), finfo.tiny * finfo.eps)
+        torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol_k,
                                    msg=lambda m: f"{what}[{k}]: {m}")
 
 
