@@ -120,25 +120,23 @@ def _launches_kernel(func) -> bool:
     return not (func.is_view or func._schema.name.split("::")[1] in _NO_KERNEL)
 
 
-class _AtenKernels:
-    """A dispatch mode listing the aten ops that would launch a GPU kernel, also inside sgllie's custom
-    ops (whose Python body it runs under itself, since a custom op would otherwise hide its insides)."""
+def _aten_kernel_mode(names: list):
+    """A dispatch mode appending to ``names`` the aten ops that would launch a GPU kernel, also inside
+    sgllie's custom ops (whose Python body it runs under itself: a custom op would hide its insides)."""
+    from torch._library.custom_ops import OPDEFS  # noqa: PLC0415
+    from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC0415
 
-    def __new__(cls, names: list[str]):
-        from torch._library.custom_ops import OPDEFS  # noqa: PLC0415
-        from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC0415
+    class Mode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.namespace == "sgllie":
+                with self:
+                    return OPDEFS[func._schema.name]._init_fn(*args, **kwargs)
+            if _launches_kernel(func):
+                names.append(func._schema.name)
+            return func(*args, **kwargs)
 
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                kwargs = kwargs or {}
-                if func.namespace == "sgllie":
-                    with self:
-                        return OPDEFS[func._schema.name]._init_fn(*args, **kwargs)
-                if _launches_kernel(func):
-                    names.append(func._schema.name)
-                return func(*args, **kwargs)
-
-        return Mode()
+    return Mode()
 
 
 @contextlib.contextmanager
@@ -147,7 +145,7 @@ def launches():
     kernel name) and the aten ops around and inside them (``aten::op``, one launch each: a lower
     bound for the few that take several). Interpreter only; turn the NaN input checks off
     (SGLLIE_CHECK_FINITE=0): they synchronise, which is not what is being counted."""
-    with counting() as events, _AtenKernels(events):  # one list: Triton costs and aten names interleave
+    with counting() as events, _aten_kernel_mode(events):  # one list: Triton costs and aten names interleave
         names: list[str] = []
         yield names
     names.extend(e.kernel if isinstance(e, LaunchCost) else e for e in events)
