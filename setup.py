@@ -1,6 +1,7 @@
 """Installs sgllie. The top-level kernels/ (Triton) is installed as the subpackage sgllie.kernels.
 
-The compiled extension sgllie._C (csrc/) holds the fused CPU kernels; see ext_modules().
+The compiled extension sgllie._C (csrc/) holds the fused CPU kernels and, where torch has CUDA and
+nvcc is found, the CUDA kernels; see ext_modules().
 """
 import os
 from pathlib import Path
@@ -17,15 +18,32 @@ def version() -> str:
     raise RuntimeError("sgllie/__init__.py has no __version__")
 
 
+DEFAULT_CUDA_ARCHS = "8.0;9.0a"  # A100 and H100 class; TORCH_CUDA_ARCH_LIST overrides
+
+
+def cuda_build_reason(cuda_home) -> str:
+    """Why the CUDA kernels (csrc/cuda) are not built here, or "" when they are."""
+    import torch
+    if os.environ.get("SGLLIE_BUILD_CUDA") == "0":
+        return "SGLLIE_BUILD_CUDA=0"
+    if torch.version.cuda is None:
+        return "this torch is a CPU build"
+    if cuda_home is None:
+        return "nvcc not found (set CUDA_HOME)"
+    return ""
+
+
 def ext_modules():
-    """csrc/ built into sgllie._C with torch's cpp_extension and ninja, when torch is importable.
+    """csrc/ built into sgllie._C with torch's cpp_extension and ninja, when torch is importable:
+    the CPU kernels always, the CUDA kernels too when torch has CUDA and nvcc is found.
 
     The extension is optional: if it cannot be built (no compiler, no torch at build time), the
     package installs without it and sgllie.ops runs on its reference backend.
     """
-    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
+    rel = lambda paths: sorted(str(p.relative_to(ROOT)) for p in paths)  # noqa: E731
+    sources = rel([ROOT / "csrc" / "sgllie.cpp", *(ROOT / "csrc" / "cpu").glob("*.cpp")])
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:
         print("sgllie: torch is not importable at build time: building without sgllie._C "
               "(install torch first and use --no-build-isolation)")
@@ -42,8 +60,21 @@ def ext_modules():
                       "sgllie.ops will use its reference backend")
                 self.extensions.remove(ext)  # nothing to install for it
 
-    ext = CppExtension("sgllie._C", sources, include_dirs=[str(ROOT / "csrc" / "include")],
-                       extra_compile_args={"cxx": ["-O3", "-fopenmp"]}, extra_link_args=["-fopenmp"])
+    include_dirs = [str(ROOT / "csrc" / "include")]
+    cxx = ["-O3", "-fopenmp"]
+    why_no_cuda = cuda_build_reason(CUDA_HOME)
+    if why_no_cuda:
+        print(f"sgllie: building the CPU kernels only ({why_no_cuda})")
+        ext = CppExtension("sgllie._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                           extra_link_args=["-fopenmp"])
+    else:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        print(f"sgllie: building the CPU and CUDA kernels (archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
+        cuda_dir = ROOT / "csrc" / "cuda"
+        ext = CUDAExtension("sgllie._C", sources + rel([*cuda_dir.glob("*.cu"), cuda_dir / "bind.cpp"]),
+                            include_dirs=include_dirs + [str(cuda_dir)],
+                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+                            extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": OptionalBuildExt}
 
 

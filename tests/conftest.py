@@ -7,6 +7,12 @@ import pytest
 import torch
 
 import sgllie.ops
+from sgllie.ops import _backends
+
+# The CUDA kernels' own source built for the host emulation of CUDA (tests/cuda_emu), as one more
+# backend on CPU tensors: every op test runs on it. Never chosen by "auto"; not shipped to users.
+_backends.BACKENDS["cuda_emu"] = _backends.Backend(
+    "cuda_emu", "cuda_emu.backend", ("cpu",), "g++ and the CUDA headers (tests/cuda_emu builds csrc/cuda for the host)")
 
 # Per dtype (rtol, atol) for fused-vs-reference comparisons; float64 is for gradcheck-grade checks.
 TOLERANCES = {
@@ -52,8 +58,12 @@ def triton_device() -> torch.device:
 
 
 def pytest_collection_modifyitems(items):
-    """Op tests parametrised with backend="triton" belong to the triton invocation too."""
+    """Op tests parametrised with backend="triton" belong to the triton invocation too, and those
+    with backend="cuda_emu" to `pytest -m cuda_emu`."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("backend") == "triton":
+        backend = callspec.params.get("backend") if callspec is not None else None
+        if backend == "triton":
             item.add_marker(pytest.mark.triton)
+        elif backend == "cuda_emu":
+            item.add_marker(pytest.mark.cuda_emu)

@@ -270,3 +270,39 @@ def test_auto_falls_back_with_one_warning(monkeypatch):
         monkeypatch.undo()
         b._import.cache_clear()
         b._warn_fallback.cache_clear()
+
+
+def test_auto_times_the_gpu_backends_once_per_shape_class(monkeypatch):
+    """auto with both CUDA and Triton available: each is timed once per (op, shape class), the
+    faster kept (no GPU here: the timer runs the call and takes its return value as the time)."""
+    b = ops._backends
+    monkeypatch.setattr(b, "_fastest", {})
+    monkeypatch.setattr(b, "_time_on_device", lambda fn: fn())
+    speed, calls = {"cuda": 2.0, "triton": 1.0}, []
+
+    def run(name):
+        calls.append(name)
+        return speed[name]
+    assert b.fastest("le_curve", ("k",), run) == "triton"
+    assert b.fastest("le_curve", ("k",), run) == "triton"
+    assert calls == ["cuda", "triton"]
+    speed["cuda"] = 0.5
+    assert b.fastest("le_curve", ("other shape",), run) == "cuda"
+    assert b.fastest("tv_loss", ("k",), run) == "cuda"
+    x, y = torch.rand(2, 3, 30, 40), torch.rand(2, 3, 17, 30)
+    assert b.shape_class(x) == b.shape_class(torch.rand(2, 3, 40, 30)) != b.shape_class(y)
+
+
+def test_only_auto_is_timed(monkeypatch):
+    b = ops._backends
+    monkeypatch.setattr(ops, "resolve", lambda op, requested, device: requested or "cuda")
+    monkeypatch.setattr(b, "load", lambda name: (object(), ""))
+    monkeypatch.setattr(b, "fastest", lambda op, key, run: "triton")
+    monkeypatch.delenv("SGLLIE_BACKEND", raising=False)
+    x = torch.rand(1, 3, 4, 4)
+    assert ops._choose("le_curve", None, x, None) == "triton"
+    assert ops._choose("le_curve", "cuda", x, None) == "cuda"
+    with ops.use_backend("cuda"):
+        assert ops._choose("le_curve", None, x, None) == "cuda"
+    monkeypatch.setenv("SGLLIE_BACKEND", "cuda")
+    assert ops._choose("le_curve", None, x, None) == "cuda"

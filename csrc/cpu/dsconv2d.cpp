@@ -165,9 +165,18 @@ SGLLIE_SIMD_CLONES void pointwise_rows(const T* z, const T* w, const T* bias, in
   for (; o < O; ++o) pointwise_block<T, 1>(z, w + o * C, bias + o, C, W, relu, out + o * stride, stride);
 }
 
+// The schema's activation (0 none, 1 relu, 2 tanh): the CPU kernels apply none or ReLU; the cpu
+// backend applies SGZ's tanh (one 3-channel layer) as its own pass.
+bool cpu_relu(int64_t activation) {
+  TORCH_CHECK(activation == 0 || activation == 1, "sgllie_C::dsconv2d on CPU: activation 0 (none) or 1 (relu), got ",
+              activation);
+  return activation == 1;
+}
+
 at::Tensor dsconv2d_cpu(const at::Tensor& x_, const std::optional<at::Tensor>& x2_, const at::Tensor& dw_weight,
                         const at::Tensor& dw_bias, const at::Tensor& pw_weight, const at::Tensor& pw_bias,
-                        bool relu) {
+                        int64_t activation) {
+  const bool relu = cpu_relu(activation);
   const at::Tensor x = x_.contiguous();
   const at::Tensor x2 = x2_.has_value() ? x2_->contiguous() : at::Tensor();
   const int64_t n = x.size(0), c1 = x.size(1), H = x.size(2), W = x.size(3);
@@ -287,7 +296,8 @@ SGLLIE_SIMD_CLONES void depthwise_transposed_row(const T* gz_plane, const T* k, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dsconv2d_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& x_, const std::optional<at::Tensor>& x2_,
     const at::Tensor& dw_weight, const at::Tensor& dw_bias, const at::Tensor& pw_weight,
-    const at::Tensor& pw_bias, bool relu) {
+    const at::Tensor& pw_bias, int64_t activation) {
+  const bool relu = cpu_relu(activation);
   const at::Tensor x = x_.contiguous();
   const at::Tensor x2 = x2_.has_value() ? x2_->contiguous() : at::Tensor();
   const int64_t n = x.size(0), c1 = x.size(1), H = x.size(2), W = x.size(3);

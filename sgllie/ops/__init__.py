@@ -6,12 +6,13 @@ Every function checks its arguments, picks a backend (``backend=`` argument, ``u
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from . import _checks as check
 from . import _library, reference
-from ._backends import (BackendUnavailableError, available_backends, backend_status, resolve,
-                        use_backend)
+from . import _backends
+from ._backends import BackendUnavailableError, available_backends, backend_status, resolve, use_backend
 from ._checks import OpInputError
 
 __all__ = [
@@ -19,6 +20,16 @@ __all__ = [
     "tv_loss", "zero_reference_loss", "available_backends", "backend_status", "use_backend",
     "reference", "OpInputError", "BackendUnavailableError",
 ]
+
+def _choose(op: str, backend: str | None, t: Tensor, run) -> str:
+    """The backend for this call (see _backends); ``run(name)`` runs the op with backend ``name``,
+    for ``auto``'s one-time timing of the two GPU backends on this shape class."""
+    name = resolve(op, backend, t.device)
+    if (name in _backends.RACED and _backends.auto_requested(backend) and not torch.compiler.is_compiling()
+            and all(_backends.load(n)[0] is not None for n in _backends.RACED)):
+        name = _backends.fastest(op, _backends.shape_class(t), run)
+    return name
+
 
 SPA_PATCHES = (3, 4, 5)  # the reference's allowed spatial-consistency patch sizes
 
@@ -53,8 +64,8 @@ def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, p
     if activation not in reference.ACTIVATIONS:
         check.fail(op, f"activation must be None, 'relu' or 'tanh', got {activation!r}")
     check.finite(op, x=x, x2=x2)
-    return _library.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation,
-                             resolve(op, backend, x.device))
+    run = lambda b: _library.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, b)  # noqa: E731
+    return run(_choose(op, backend, x, run))
 
 
 def le_curve(x: Tensor, r: Tensor, iterations: int = 8, *, backend: str | None = None) -> Tensor:
@@ -72,7 +83,8 @@ def le_curve(x: Tensor, r: Tensor, iterations: int = 8, *, backend: str | None =
     check.positive_int(op, "iterations", iterations)
     check.same_device_dtype(op, x=x, r=r)
     check.finite(op, x=x, r=r)
-    return _library.le_curve(x, r, iterations, resolve(op, backend, x.device))
+    run = lambda b: _library.le_curve(x, r, iterations, b)  # noqa: E731
+    return run(_choose(op, backend, x, run))
 
 
 def _check_loss_pair(op: str, y: Tensor, i: Tensor, patch: int) -> None:
@@ -96,7 +108,8 @@ def spatial_consistency_loss(y: Tensor, i: Tensor, patch: int = 4, *, backend: s
     """SGZ's spa8 loss between the enhanced image ``y`` and the input ``i`` (both (N, 3, H, W))."""
     op = "spatial_consistency_loss"
     _check_loss_pair(op, y, i, patch)
-    return _library.spatial_consistency_loss(y, i, patch, resolve(op, backend, y.device))
+    run = lambda b: _library.spatial_consistency_loss(y, i, patch, b)  # noqa: E731
+    return run(_choose(op, backend, y, run))
 
 
 def exposure_loss(y: Tensor, level: float = 0.6, patch: int = 16, *, backend: str | None = None) -> Tensor:
@@ -104,7 +117,8 @@ def exposure_loss(y: Tensor, level: float = 0.6, patch: int = 16, *, backend: st
     op = "exposure_loss"
     _check_exposure(op, y, level, patch)
     check.finite(op, y=y)
-    return _library.exposure_loss(y, float(level), patch, resolve(op, backend, y.device))
+    run = lambda b: _library.exposure_loss(y, float(level), patch, b)  # noqa: E731
+    return run(_choose(op, backend, y, run))
 
 
 def color_constancy_loss(y: Tensor, *, backend: str | None = None) -> Tensor:
@@ -112,7 +126,8 @@ def color_constancy_loss(y: Tensor, *, backend: str | None = None) -> Tensor:
     op = "color_constancy_loss"
     check.tensor4d(op, "y", y, channels=3)
     check.finite(op, y=y)
-    return _library.color_constancy_loss(y, resolve(op, backend, y.device))
+    run = lambda b: _library.color_constancy_loss(y, b)  # noqa: E731
+    return run(_choose(op, backend, y, run))
 
 
 def tv_loss(r: Tensor, *, backend: str | None = None) -> Tensor:
@@ -120,7 +135,8 @@ def tv_loss(r: Tensor, *, backend: str | None = None) -> Tensor:
     op = "tv_loss"
     check.tensor4d(op, "r", r, min_size=2)
     check.finite(op, r=r)
-    return _library.tv_loss(r, resolve(op, backend, r.device))
+    run = lambda b: _library.tv_loss(r, b)  # noqa: E731
+    return run(_choose(op, backend, r, run))
 
 
 def zero_reference_loss(y: Tensor, i: Tensor, *, patch: int = 4, level: float = 0.6,
@@ -130,6 +146,6 @@ def zero_reference_loss(y: Tensor, i: Tensor, *, patch: int = 4, level: float = 
     op = "zero_reference_loss"
     _check_loss_pair(op, y, i, patch)
     _check_exposure(op, y, level, exposure_patch)
-    spa, exp, col, _ = _library.zero_reference_loss(y, i, patch, float(level), exposure_patch,
-                                                    resolve(op, backend, y.device))
+    run = lambda b: _library.zero_reference_loss(y, i, patch, float(level), exposure_patch, b)  # noqa: E731
+    spa, exp, col, _ = run(_choose(op, backend, y, run))
     return spa, exp, col

@@ -3,7 +3,9 @@
 A backend is a module exposing the kernels of every op under the names used in ``reference.py``
 (``le_curve``, ``le_curve_backward``, ...). Precedence for a call: the ``backend=`` argument, then the
 innermost ``use_backend`` context, then the ``SGLLIE_BACKEND`` environment variable, then ``auto``:
-the first available backend in ``PREFERENCE`` for the tensors' device.
+the first available backend in ``PREFERENCE`` for the tensors' device, except that where both GPU
+backends (``RACED``) are available, ``auto`` times each once per (op, dtype, shape class) on the
+user's device and keeps the faster for the process, as cudnn.benchmark does (``fastest``).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ BACKENDS = {
 }
 # auto: the fastest first, per device type
 PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+# auto on CUDA with both available: timed per (op, dtype, shape class), the faster kept
+RACED = ("cuda", "triton")
 
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("sgllie_backend", default=None)
 
@@ -162,6 +166,46 @@ def _warn_fallback(name: str) -> None:
     why_not = load(name)[1]
     if why_not != "not part of this version of sgllie":
         warnings.warn(f"sgllie: backend {name!r} unavailable ({why_not}); using a slower one", stacklevel=4)
+
+
+def auto_requested(requested: str | None) -> bool:
+    """Whether a call with ``backend=requested`` leaves the choice to ``auto``."""
+    name = requested or _override.get() or os.environ.get("SGLLIE_BACKEND") or "auto"
+    return name == "auto"
+
+
+_fastest: dict[tuple, str] = {}
+
+
+def shape_class(t: torch.Tensor) -> tuple:
+    """What a timing is valid for: dtype, batch, channels, and H*W rounded up to a power of two."""
+    return str(t.dtype), t.shape[0], t.shape[1], 1 << max(t.shape[-2] * t.shape[-1] - 1, 0).bit_length()
+
+
+def fastest(op: str, key: tuple, run) -> str:
+    """The faster of the ``RACED`` backends for ``op`` on inputs of class ``key``, timing ``run(name)``
+    (which runs the op on the caller's inputs with backend ``name``) the first time a key is seen.
+    Only called when both are available and the choice is ``auto``."""
+    if (op, key) not in _fastest:
+        times = {name: _time_on_device(lambda name=name: run(name)) for name in RACED}
+        _fastest[op, key] = min(RACED, key=times.__getitem__)  # ties: the first, our own CUDA kernels
+    return _fastest[op, key]
+
+
+def _time_on_device(fn, repeats: int = 3) -> float:
+    """Median milliseconds of ``fn`` on the current CUDA stream, after one warm-up call (which also
+    runs any Triton autotuning and compilation)."""
+    with torch.no_grad():
+        fn()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
 
 
 def kernels(name: str) -> ModuleType:

@@ -53,7 +53,7 @@ def zero_reference_loss_backward(g_spa, g_exp, g_col, pooled_grads, y, need_grad
 def dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none"):
     if x.dtype not in _DTYPES:
         return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
-    y = _K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation == "relu")
+    y = _K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, int(activation == "relu"))
     return y.tanh_() if activation == "tanh" else y  # tanh: SGZ's 3-channel last block, a cheap pass
 
 
@@ -61,10 +61,10 @@ def dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, 
     if x.dtype not in _DTYPES:
         return reference.dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
     if activation == "tanh":
-        pre = _K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, False)
+        pre = _K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, 0)
         grad = reference.activation_backward(grad, pre, "tanh")
     gx, gx2, *gparams = _K.dsconv2d_backward(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias,
-                                             activation == "relu")
+                                             int(activation == "relu"))
     return (gx, None if x2 is None else gx2, *gparams)
 
 

@@ -4,8 +4,10 @@
 
 #if defined(__CUDACC__)
 #define SGLLIE_HD __host__ __device__ __forceinline__
+#define SGLLIE_CONSTANT __constant__  // tables the kernels read: constant memory on the GPU
 #else
 #define SGLLIE_HD inline
+#define SGLLIE_CONSTANT
 #endif
 
 namespace sgllie {
@@ -48,7 +50,7 @@ struct Neighbour {
   int dy, dx;
   float weight;
 };
-constexpr Neighbour kSpaNeighbours[8] = {{0, -1, 1.f},  {0, 1, 1.f},   {-1, 0, 1.f}, {1, 0, 1.f},
+SGLLIE_CONSTANT constexpr Neighbour kSpaNeighbours[8] = {{0, -1, 1.f},  {0, 1, 1.f},   {-1, 0, 1.f}, {1, 0, 1.f},
                                          {-1, -1, .5f}, {-1, 1, .5f},  {1, -1, .5f}, {1, 1, .5f}};
 
 }  // namespace sgllie
