@@ -48,7 +48,7 @@ def _demangle(names: list[str]) -> list[str]:
 
 def _short(kernel: str) -> str:
     """sgllie::cuda::(anonymous namespace)::le_curve_fwd<float>(...) -> le_curve_fwd<float>"""
-    kernel = re.sub(r"\(.*\)$", "", kernel.replace("(anonymous namespace)::", ""))
+    kernel = re.sub(r"\(.*\)$", "", kernel.replace("(anonymous namespace)::", "")).removeprefix("void ")
     return kernel.replace("sgllie::cuda::", "").replace("__nv_bfloat16", "bf16").replace("__half", "half")
 
 
