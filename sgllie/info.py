@@ -3,12 +3,18 @@
 --check runs every op on every backend available here against the reference (forward and all
 input gradients, float32, odd shapes, fresh random inputs) on each device present, and prints a
 pass/fail table: the check to run after installing on a new machine. Exit code 1 if any fails.
+Where the CUDA kernels are available, it also runs each of them once (forward and backward) under
+compute-sanitizer's memcheck and racecheck, when compute-sanitizer is found (PATH or CUDA_HOME).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -85,6 +91,42 @@ def check(rtol: float = 1e-4, atol: float = 1e-5) -> list[tuple[str, str, str, s
     return rows
 
 
+SANITIZER_TOOLS = ("memcheck", "racecheck")
+
+
+def run_each_cuda_kernel_once() -> None:
+    """Every op forward and backward once on the CUDA backend (what the sanitizers watch)."""
+    for _, fused, _, inputs in _cases(torch.device("cuda")):
+        _run(lambda *t: fused(*t, backend="cuda"), inputs)
+    torch.cuda.synchronize()
+
+
+def _sanitizer() -> str | None:
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    candidate = Path(home) / "bin" / "compute-sanitizer"
+    return str(candidate) if candidate.exists() else None
+
+
+def sanitize() -> list[tuple[str, str, str, str]]:
+    """(device, backend, tool, result) for each compute-sanitizer tool over every CUDA kernel."""
+    if "cuda" not in ops.available_backends():
+        return []
+    tool_path = _sanitizer()
+    if tool_path is None:
+        return [("cuda", "cuda", "compute-sanitizer", "skipped: not found (PATH or CUDA_HOME/bin)")]
+    rows = []
+    for tool in SANITIZER_TOOLS:
+        cmd = [tool_path, "--tool", tool, "--error-exitcode", "1", sys.executable, "-c",
+               "from sgllie.info import run_each_cuda_kernel_once; run_each_cuda_kernel_once()"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        last = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+        rows.append(("cuda", "cuda", tool, "pass" if done.returncode == 0 else f"FAIL: {last[0]}"))
+    return rows
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
@@ -101,10 +143,11 @@ def main(argv=None) -> int:
     if not args.check:
         return 0
     print()
-    rows = check()
+    rows = check() + sanitize()
     print(_table(("device", "backend", "op", "result"), rows))
-    failed = sum(r[3] != "pass" for r in rows)
-    print(f"\n{len(rows) - failed} passed, {failed} failed")
+    failed = sum(r[3].startswith("FAIL") for r in rows)
+    passed = sum(r[3] == "pass" for r in rows)
+    print(f"\n{passed} passed, {failed} failed")
     return 1 if failed else 0
 
 

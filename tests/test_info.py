@@ -22,3 +22,18 @@ def test_check_reports_a_wrong_backward(monkeypatch, capsys):
     rows = info.check()
     failed = {op for _, _, op, result in rows if result != "pass"}
     assert failed == {"tv_loss"}
+
+
+def test_sanitizers_run_each_tool_and_report_failures(monkeypatch, tmp_path):
+    """A stand-in compute-sanitizer that fails racecheck: each tool is its own row (no GPU here)."""
+    fake = tmp_path / "compute-sanitizer"
+    fake.write_text('#!/bin/sh\nif [ "$2" = racecheck ]; then echo "RACECHECK SUMMARY: 1 hazard"; exit 1; fi\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(info.ops, "available_backends", lambda: ["reference", "cuda"])
+    monkeypatch.setattr(info, "_sanitizer", lambda: str(fake))
+    assert info.sanitize() == [("cuda", "cuda", "memcheck", "pass"),
+                               ("cuda", "cuda", "racecheck", "FAIL: RACECHECK SUMMARY: 1 hazard")]
+    monkeypatch.setattr(info, "_sanitizer", lambda: None)
+    assert info.sanitize()[0][3].startswith("skipped")
+    monkeypatch.setattr(info.ops, "available_backends", lambda: ["reference", "cpu"])
+    assert info.sanitize() == []
