@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Everything to run on a lent GPU, in one call: CUDA tests of the Triton backend, the self-check,
+# Everything to run on a lent GPU, in one call: build sgllie._C with its CUDA kernels for this GPU,
+# CUDA tests of the Triton and CUDA backends, the self-check (with compute-sanitizer),
 # and the benchmarks (file by file, each under its own time limit, so a slow one cannot take the
 # rows of the others). Results and logs go to $OUT (default /tmp/sgllie-gpu). From the repo root:
 #     bash benchmarks/gpu_run.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/sgllie-gpu}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 SGLLIE_TEST_CUDA_EMU=0 PIP_DISABLE_PIP_VERSION_CHECK=1
 PY=${PYTHON:-python3}
 PYTEST="$PY -m pytest -p no:cacheprovider"
 
@@ -14,11 +15,16 @@ PYTEST="$PY -m pytest -p no:cacheprovider"
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT/device.txt"
 
+echo "== build sgllie._C with the CUDA kernels for this GPU only (sm_90a on an H100)"
+arch=$($PY -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}.{n}' + ('a' if m == 9 else ''))")
+( time TORCH_CUDA_ARCH_LIST=$arch SGLLIE_REQUIRE_EXT=1 MAX_JOBS=16 $PY setup.py -q build_ext --inplace ) > "$OUT/build.log" 2>&1
+echo "build: exit $?"; tail -3 "$OUT/build.log"
+
 echo "== tests on CUDA"
-timeout -s INT -k 15 "${TEST_S:-150}" $PYTEST -q -m "not aot" tests/test_triton.py tests/test_graphs.py tests/test_ops.py tests/test_model.py \
-    -k "triton or graph or Graph" 2>&1 | tee "$OUT/tests.log" | tail -25
+timeout -s INT -k 15 "${TEST_S:-150}" $PYTEST -q -m "not aot and not cuda_emu and not cuda_build" tests/test_triton.py tests/test_graphs.py tests/test_ops.py tests/test_model.py \
+    -k "(triton or graph or Graph or cuda) and not cuda_emu" 2>&1 | tee "$OUT/tests.log" | tail -25
 echo "== sgllie.info --check"
-timeout 40 $PY -m sgllie.info --check > "$OUT/info_check.txt" 2>&1; tail -14 "$OUT/info_check.txt"
+timeout 120 $PY -m sgllie.info --check > "$OUT/info_check.txt" 2>&1; tail -14 "$OUT/info_check.txt"
 
 echo "== benchmarks"
 # compile-reduce-overhead only where launches dominate (whole-model inference). SIGINT at the limit:

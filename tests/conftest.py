@@ -1,6 +1,7 @@
 """Shared test helpers: the one tolerance table, backends under test, and the ../shared data path."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,11 @@ from sgllie.ops import _backends
 
 # The CUDA kernels' own source built for the host emulation of CUDA (tests/cuda_emu), as one more
 # backend on CPU tensors: every op test runs on it. Never chosen by "auto"; not shipped to users.
-_backends.BACKENDS["cuda_emu"] = _backends.Backend(
-    "cuda_emu", "cuda_emu.backend", ("cpu",), "g++ and the CUDA headers (tests/cuda_emu builds csrc/cuda for the host)")
+# SGLLIE_TEST_CUDA_EMU=0 leaves it out (on a GPU, where the real kernels run, to skip its build).
+if os.environ.get("SGLLIE_TEST_CUDA_EMU", "1") != "0":
+    _backends.BACKENDS["cuda_emu"] = _backends.Backend(
+        "cuda_emu", "cuda_emu.backend", ("cpu",),
+        "g++ and the CUDA headers (tests/cuda_emu builds csrc/cuda for the host)")
 
 # Per dtype (rtol, atol) for fused-vs-reference comparisons; float64 is for gradcheck-grade checks.
 TOLERANCES = {

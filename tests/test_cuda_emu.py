@@ -20,6 +20,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def emu_ops():
+    if "cuda_emu" not in _backends.BACKENDS:
+        pytest.skip("SGLLIE_TEST_CUDA_EMU=0")
     module, why_not = _backends.load("cuda_emu")
     if module is None:
         if "CUDA headers" in why_not:

@@ -1,8 +1,9 @@
 """The ``cuda`` backend: hand-written CUDA kernels from sgllie._C (csrc/cuda/), every float dtype.
 
 ``CudaKernels`` wraps one ``torch.ops`` namespace: ``sgllie_C`` here; the tests wrap the same kernels
-built for the host emulation of CUDA (tests/cuda_emu/). The single losses, and shapes the kernels do
-not take (dsconv2d over 64 input channels, lcm(patch, exposure_patch) over 256), run the reference.
+built for the host emulation of CUDA (tests/cuda_emu/). The single losses (in float64), and shapes the
+kernels do not take (dsconv2d over 64 input channels, lcm(patch, exposure_patch) over 256), run the
+reference.
 """
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ from . import reference
 _ACTIVATIONS = {"none": 0, "relu": 1, "tanh": 2}
 MAX_DSCONV_CHANNELS = 64    # csrc/cuda/launchers.h, kMaxDsconvChannels
 MAX_LOSS_TILE = 256         # zero_reference_loss's one pass: lcm(patch, exposure_patch) rows per tile
+
+
+def _in_float64(fn):
+    """``fn`` on float64 copies of the tensor arguments, its tensor results cast back: the colour
+    loss is ill-conditioned enough that float32 arithmetic strays beyond float32 tolerance."""
+    def wrapped(*args):
+        dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor))
+        out = fn(*(a.double() if isinstance(a, torch.Tensor) else a for a in args))
+        return tuple(t.to(dtype) for t in out) if isinstance(out, tuple) else out.to(dtype)
+    return wrapped
 
 
 class CudaKernels:
@@ -59,13 +70,13 @@ class CudaKernels:
                                                       _ACTIVATIONS[activation])
         return (gx, None if x2 is None else gx2, *gparams)
 
-    # No kernels of their own: the reference.
-    spatial_consistency_loss = staticmethod(reference.spatial_consistency_loss)
-    spatial_consistency_loss_backward = staticmethod(reference.spatial_consistency_loss_backward)
-    exposure_loss = staticmethod(reference.exposure_loss)
-    exposure_loss_backward = staticmethod(reference.exposure_loss_backward)
-    color_constancy_loss = staticmethod(reference.color_constancy_loss)
-    color_constancy_loss_backward = staticmethod(reference.color_constancy_loss_backward)
+    # No kernels of their own (zero_reference_loss is the fused form): the reference, in float64.
+    spatial_consistency_loss = staticmethod(_in_float64(reference.spatial_consistency_loss))
+    spatial_consistency_loss_backward = staticmethod(_in_float64(reference.spatial_consistency_loss_backward))
+    exposure_loss = staticmethod(_in_float64(reference.exposure_loss))
+    exposure_loss_backward = staticmethod(_in_float64(reference.exposure_loss_backward))
+    color_constancy_loss = staticmethod(_in_float64(reference.color_constancy_loss))
+    color_constancy_loss_backward = staticmethod(_in_float64(reference.color_constancy_loss_backward))
 
 
 def unavailable_reason() -> str:
