@@ -22,6 +22,16 @@ __global__ void half_warp_shuffle(int* out) {
   out[threadIdx.x] = v;
 }
 
+// Reads a neighbour's shared-memory slot with no __syncthreads in between: a race on a GPU. The
+// emulator runs each thread up to its next barrier in turn, so thread t reads slot t + 1 before
+// thread t + 1 writes it, every time: the missing barrier shows as a wrong result.
+__global__ void missing_barrier(int* out) {
+  __shared__ int slots[64];
+  const unsigned t = threadIdx.x;
+  slots[t] = static_cast<int>(blockIdx.x * 100 + t);
+  out[blockIdx.x * 64 + t] = slots[(t + 1) % 64];
+}
+
 // A block sum through shuffles, shared memory and atomicAdd: the emulator's own sanity check.
 __global__ void block_sum(const float* x, float* out, int n) {
   __shared__ float warp_sums[32];
@@ -48,6 +58,10 @@ at::Tensor selftest(const at::Tensor& x, int64_t which) {
   }
   if (which == 1) SGLLIE_LAUNCH(dim3(2), dim3(64), nullptr, early_return)(out.data_ptr<int>());
   if (which == 2) SGLLIE_LAUNCH(dim3(1), dim3(32), nullptr, half_warp_shuffle)(out.data_ptr<int>());
+  if (which == 3) {
+    out = at::zeros({128}, x.options().dtype(at::kInt));
+    SGLLIE_LAUNCH(dim3(2), dim3(64), nullptr, missing_barrier)(out.data_ptr<int>());
+  }
   return out;
 }
 
