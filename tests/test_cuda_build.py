@@ -1,5 +1,6 @@
 """The CUDA kernels build for real GPUs, without one: every csrc/cuda/*.cu compiled by nvcc for
-sm_80 and sm_90a with ptxas's resource report (fails on errors or register spills; the table goes
+sm_80 and sm_90a, with the flags torch's extension builder adds (no implicit half conversions), and
+ptxas's resource report (fails on errors or register spills; the table goes
 to benchmarks/results/cuda_ptxas.md), and the torch binding checked by g++ against the CPU torch's
 own c10/cuda headers."""
 from __future__ import annotations
@@ -31,9 +32,10 @@ def _nvcc() -> str:
 
 
 def _compile(nvcc: str, cu: Path, out: Path) -> str:
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS  # as setup.py's build passes them
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
-    cmd = [nvcc, "-std=c++17", "-O3", "-c", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}",
-           *gencode, "-Xptxas", "-v", str(cu), "-o", str(out / f"{cu.stem}.o")]
+    cmd = [nvcc, "-std=c++17", "-O3", "-c", *COMMON_NVCC_FLAGS, f"-I{ROOT / 'csrc' / 'include'}",
+           f"-I{ROOT / 'csrc' / 'cuda'}", *gencode, "-Xptxas", "-v", str(cu), "-o", str(out / f"{cu.stem}.o")]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, f"nvcc failed on {cu.name}:\n{done.stderr[-4000:]}"
     return done.stderr

@@ -51,7 +51,7 @@ template <typename T>
 __device__ __forceinline__ void load_pack(const T* row, int j0, int w, bool aligned, acc_t<T>* out) {
   if (aligned && j0 + kVec<T> <= w) {
     const Pack<T> p = *reinterpret_cast<const Pack<T>*>(row + j0);
-    for (int k = 0; k < kVec<T>; ++k) out[k] = static_cast<acc_t<T>>(p.v[k]);
+    for (int k = 0; k < kVec<T>; ++k) out[k] = to_acc(p.v[k]);
   } else {
     for (int k = 0; k < kVec<T>; ++k) out[k] = j0 + k < w ? load(row + j0 + k) : acc_t<T>(0);
   }
@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kThreads) le_curve_bwd(const T* __restrict__ g
   store_pack(gx + row * f.w, j0, f.w, aligned, g);
   G* gr_row = gr + row * f.w;
   for (int k = 0; k < kVec<T>; ++k)
-    if (j0 + k < f.w) gr_row[j0 + k] = static_cast<G>(gsum[k]);
+    if (j0 + k < f.w) gr_row[j0 + k] = cast<G>(gsum[k]);
 }
 
 // Full-size rows folded onto r's rows: out[plane, p, :] = sum over the rows i that read row p of their

@@ -43,8 +43,9 @@ def build() -> str:
         sources=[str(HERE / "module.cpp"), str(ROOT / "csrc" / "cuda" / "bind.cpp"), *stubs],
         extra_include_paths=[str(ROOT / "csrc" / "include"), str(ROOT / "csrc" / "cuda"), str(HERE),
                              str(CUDA_INCLUDE)],
-        extra_cflags=["-O2", "-std=c++20", "-DSGLLIE_CUDA_EMULATION", f"-DSGLLIE_BIND_LIBRARY={NAME}", "-pthread"],
-        extra_ldflags=["-pthread"],
+        # torch builds CUDA sources without implicit half/bfloat16 conversions: so does the emulation
+        extra_cflags=["-O2", "-std=c++20", "-DSGLLIE_CUDA_EMULATION", f"-DSGLLIE_BIND_LIBRARY={NAME}",
+                      *(f for f in cpp_extension.COMMON_NVCC_FLAGS if f.startswith("-D__CUDA_NO_"))],
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=False,

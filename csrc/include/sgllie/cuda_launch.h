@@ -24,9 +24,14 @@ template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
 template <typename T> using acc_t = typename Acc<T>::type;
 
-template <typename T> __host__ __device__ __forceinline__ acc_t<T> load(const T* p) {
-  return static_cast<acc_t<T>>(*p);
-}
+// Conversions spelled out: torch builds CUDA code with __CUDA_NO_HALF_CONVERSIONS__ (and the bf16 one),
+// which removes the implicit ones.
+__host__ __device__ __forceinline__ float to_acc(float v) { return v; }
+__host__ __device__ __forceinline__ double to_acc(double v) { return v; }
+__host__ __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__host__ __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __host__ __device__ __forceinline__ acc_t<T> load(const T* p) { return to_acc(*p); }
 template <typename T> __host__ __device__ __forceinline__ T cast(acc_t<T> v) { return static_cast<T>(v); }
 template <> __host__ __device__ __forceinline__ __half cast<__half>(float v) { return __float2half_rn(v); }
 template <> __host__ __device__ __forceinline__ __nv_bfloat16 cast<__nv_bfloat16>(float v) {
