@@ -45,7 +45,10 @@ def build() -> str:
                              str(CUDA_INCLUDE)],
         # torch builds CUDA sources without implicit half/bfloat16 conversions: so does the emulation
         extra_cflags=["-O2", "-std=c++20", "-DSGLLIE_CUDA_EMULATION", f"-DSGLLIE_BIND_LIBRARY={NAME}",
-                      *(f for f in cpp_extension.COMMON_NVCC_FLAGS if f.startswith("-D__CUDA_NO_"))],
+                      *(f for f in cpp_extension.COMMON_NVCC_FLAGS if f.startswith("-D__CUDA_NO_")),
+                      # few persistent blocks, so the test shapes walk several tiles (strides) per
+                      # block, as the GPU build does on large images
+                      "-DSGLLIE_DSCONV_MAX_BWD_BLOCKS=3", "-DSGLLIE_TV_MAX_BLOCKS=2"],
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=False,
