@@ -91,7 +91,7 @@ setup(
     packages=["sgllie", "sgllie.ops", "sgllie.kernels"],
     package_dir={"sgllie.kernels": "kernels"},
     package_data={"sgllie": ["weights/*.pth", "weights/*.md"]},
-    install_requires=["torch>=2.4", "numpy", "opencv-python-headless", "tqdm", "matplotlib", "pillow"],
+    install_requires=["torch>=2.4", "numpy", "opencv-python-headless", "av", "tqdm", "matplotlib", "pillow"],
     extras_require={"test": ["pytest", "pytest-benchmark", "triton; platform_system == 'Linux'"]},
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,

@@ -1,8 +1,10 @@
-"""Enhance low-light images with SGZ: ``python -m sgllie.enhance INPUT... -o OUTDIR``.
+"""Enhance low-light images and videos with SGZ: ``python -m sgllie.enhance INPUT... -o OUTDIR``.
 
-INPUTs are image files, folders (searched recursively; outputs keep the paths relative to the folder)
-or glob patterns (expanded here, so quoted patterns work; outputs keep the paths relative to the
-pattern's fixed leading folder). Each bad input gets one line on stderr and the run goes on.
+INPUTs are image or video files, folders (searched recursively; outputs keep the paths relative to
+the folder) or glob patterns (expanded here, so quoted patterns work; outputs keep the paths
+relative to the pattern's fixed leading folder). Videos are streamed (sgllie.video): decoded,
+enhanced in batches and encoded as they go, audio copied. Each bad input gets one line on stderr
+and the run goes on.
 
 Exit codes: 0 all images enhanced (or skipped because their output exists), 1 some inputs failed,
 2 usage error (bad option, no input images, unusable weights/device/backend, outputs that would
@@ -30,8 +32,11 @@ from . import ops
 from .graphs import GraphedEnhance
 from .io import IMAGE_SUFFIXES, read_image, to_tensor, to_uint8, write_image
 from .model import DEFAULT_WEIGHTS, EnhanceNet, load_model
+from .video import READ_SUFFIXES as VIDEO_SUFFIXES
+from .video import FrameEnhancer, VideoError, enhance_video, is_video, output_suffix
 
 PROG = "python -m sgllie.enhance"
+VIDEO_BATCH = 4
 FALLBACK_SUFFIX = ".png"
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
@@ -73,10 +78,10 @@ class Report:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, description="Enhance low-light images with SGZ (Zheng & Gupta, WACV 2022).",
+        prog=PROG, description="Enhance low-light images and videos with SGZ (Zheng & Gupta, WACV 2022).",
         epilog="Exit codes: 0 success, 1 some inputs failed (one line each on stderr), 2 usage error.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders (recursive) or glob patterns (quote them: 'shots/*.jpg')")
+                   help="image or video files, folders (recursive) or glob patterns (quote them: 'shots/*.jpg')")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
                    help="output folder; outputs keep the inputs' paths relative to the folder/pattern")
     p.add_argument("--weights", type=Path, default=None, metavar="PATH",
@@ -88,8 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", metavar="DEV",
                    help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--fp16", action="store_true", help="run the model in float16 (CUDA only)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N",
-                   help="enhance up to N images of the same size together (default 1)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="enhance up to N images of the same size, or N video frames, together "
+                        f"(default 1 for images, {VIDEO_BATCH} for video frames)")
+    p.add_argument("--temporal-smoothing", type=float, default=None, metavar="ALPHA",
+                   help="videos: exponential moving average of the enhancement map across frames, "
+                        "new frame's weight ALPHA in (0, 1] (smaller is smoother; reset at scene cuts); "
+                        "suppresses flicker (default: off)")
     p.add_argument("--side-by-side", action="store_true",
                    help="write input|output side by side instead of the output alone")
     p.add_argument("--overwrite", action="store_true",
@@ -109,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     if args.scale_factor < 1:
         raise UsageError(f"--scale-factor must be >= 1, got {args.scale_factor}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.temporal_smoothing is not None and not 0.0 < args.temporal_smoothing <= 1.0:
+        raise UsageError(f"--temporal-smoothing must be in (0, 1], got {args.temporal_smoothing}")
     if any(sep in args.suffix for sep in ("/", "\\", os.sep)):
         raise UsageError(f"--suffix must not contain a path separator, got {args.suffix!r}")
     if args.format is not None:
@@ -136,8 +148,8 @@ def can_write(ext: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # collecting inputs and naming outputs
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+def _is_media_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and not path.name.startswith(".")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -149,7 +161,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def scan_folder(folder: Path, report: Report, exclude: Path | None = None) -> list[Job]:
-    """Image files under ``folder`` (recursive, sorted, dotfiles skipped), minus those under ``exclude``."""
+    """Image and video files under ``folder`` (recursive, sorted, dotfiles skipped), minus those under ``exclude``."""
     jobs = []
     skip_exclude = exclude is not None and _inside(exclude, folder) and exclude.resolve() != folder.resolve()
     for root, dirs, files in os.walk(folder, onerror=lambda e: report.error(
@@ -160,7 +172,7 @@ def scan_folder(folder: Path, report: Report, exclude: Path | None = None) -> li
         dirs.sort()
         for name in sorted(files):
             path = root_path / name
-            if _is_image_name(path):
+            if _is_media_name(path):
                 jobs.append(Job(path, path.relative_to(folder)))
     return jobs
 
@@ -191,7 +203,8 @@ def collect_inputs(inputs: list[str], report: Report, outdir: Path | None = None
         if path.is_dir():
             found = scan_folder(path, report, exclude=outdir)
             if not found:
-                report.error(f"{path}: no image files ({' '.join(IMAGE_SUFFIXES)}) in this folder")
+                report.error(f"{path}: no image or video files ({' '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}) "
+                             "in this folder")
             jobs += found
         elif path.exists() or path.is_symlink():
             jobs.append(Job(path, Path(path.name)))  # named explicitly: read it whatever its suffix
@@ -224,6 +237,8 @@ def _dedupe(jobs: list[Job]) -> list[Job]:
 
 
 def output_path(job: Job, outdir: Path, suffix: str, fmt: str | None) -> Path:
+    if is_video(job.src):  # --format is for images; a video keeps its container where we can write it
+        return outdir / job.rel.parent / f"{job.rel.stem}{suffix}{output_suffix(job.src)}"
     ext = fmt or job.src.suffix.lower()
     if not can_write(ext):
         ext = FALLBACK_SUFFIX
@@ -412,6 +427,37 @@ def run_batch(batch: list, enhance: GraphedEnhance, args: argparse.Namespace, de
         report.note(f"{job.src} -> {job.out}")
 
 
+def run_video(job: Job, model: EnhanceNet, args: argparse.Namespace, device: torch.device,
+              report: Report) -> None:
+    from tqdm import tqdm
+    enhance = FrameEnhancer(model, backend=args.backend, smoothing=args.temporal_smoothing)
+    bar = tqdm(desc=job.src.name, unit="frame", disable=args.quiet, leave=False, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        result = enhance_video(job.src, job.out, enhance, batch_size=args.batch_size or VIDEO_BATCH, device=device,
+                               dtype=torch.float16 if args.fp16 else torch.float32,
+                               progress=lambda n: bar.update(n - bar.n))
+    except VideoError as e:
+        report.error(str(e))
+        return
+    except OSError as e:
+        report.error(f"{job.out}: cannot write output for {job.src} ({e.strerror or e})")
+        return
+    except Exception as e:
+        report.error(f"{job.src}: enhancement failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    report.written += 1
+    if result.stopped:  # truncated or corrupt input: what was decoded is written, playable
+        report.error(f"{job.src}: the input ended early ({result.stopped}); wrote the {result.frames} frames "
+                     f"decoded to {job.out}")
+    audio = (f", {result.audio_streams} audio stream(s) copied" if result.audio_streams else "")
+    report.note(f"{job.src} -> {job.out} ({result.frames} frames at {result.fps:g} fps, "
+                f"{result.frames / seconds:.1f} frames/s{audio})")
+
+
 def print_summary(report: Report, device: torch.device) -> None:
     wall = time.perf_counter() - report.started
     parts = [f"{report.written} written"]
@@ -438,10 +484,14 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         raise UsageError("no input images found")
     jobs = plan_outputs(jobs, args, report)
-    if jobs:
+    videos = [job for job in jobs if is_video(job.src)]
+    images = [job for job in jobs if not is_video(job.src)]
+    if images:
         enhance = GraphedEnhance(model, backend=args.backend)  # CUDA: a graph per batch shape
-        for batch in batch_by_size(load_images(jobs, report), args.batch_size):
+        for batch in batch_by_size(load_images(images, report), args.batch_size or 1):
             run_batch(batch, enhance, args, device, report)
+    for job in videos:
+        run_video(job, model, args, device, report)
     print_summary(report, device)
     return 1 if report.failed else 0
 
