@@ -58,12 +58,20 @@ class VideoResult:
     audio_streams: int          # audio streams copied
     stopped: str | None         # why decoding ended early (truncated or corrupt input), else None
     flicker: float              # mean |change of mean brightness| between consecutive output frames
+    gain_flicker: float         # mean |change of log(output / input mean brightness)|: the enhancement's own
 
 
 def flicker(brightness) -> float:
     """Mean absolute frame-to-frame change of a sequence of mean brightnesses (0 for < 2 frames)."""
     b = np.asarray(list(brightness), dtype=np.float64)
     return float(np.abs(np.diff(b)).mean()) if b.size > 1 else 0.0
+
+
+def gain_flicker(brightness_in, brightness_out) -> float:
+    """Flicker of the brightening itself: mean |change of log(out / in)| between frames, so a scene
+    that really gets brighter or darker does not count, only a gain that jumps."""
+    gain = np.log(np.maximum(np.asarray(list(brightness_out)), 1e-6) / np.maximum(np.asarray(list(brightness_in)), 1e-6))
+    return float(np.abs(np.diff(gain)).mean()) if gain.size > 1 else 0.0
 
 
 class TemporalSmoother:
@@ -179,7 +187,7 @@ def _transcode(container, video, audio, rate, expected, src, dst, enhance, batch
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp" + dst.suffix, dir=dst.parent)
     os.close(fd)
-    written, brightness, stopped = 0, [], None
+    written, brightness, brightness_in, stopped = 0, [], [], None
     out = None
     try:
         out = av.open(tmp, "w", format=WRITE_FORMATS.get(dst.suffix.lower(), "mp4"))
@@ -194,6 +202,7 @@ def _transcode(container, video, audio, rate, expected, src, dst, enhance, batch
             nonlocal written
             x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
             lum = [float(f.mean()) / 255 for f in batch]
+            brightness_in.extend(lum)
             x = x.to(device=device, dtype=dtype, non_blocking=True).div_(255)
             y = enhance(x, lum).float().cpu()
             for k in range(y.shape[0]):
@@ -245,4 +254,5 @@ def _transcode(container, video, audio, rate, expected, src, dst, enhance, batch
             os.unlink(tmp)
     if stopped is None and expected is not None and written < expected:
         stopped = f"the stream ended after {written} of {expected} frames"
-    return VideoResult(written, expected, float(rate), len(audio), stopped, flicker(brightness))
+    return VideoResult(written, expected, float(rate), len(audio), stopped, flicker(brightness),
+                       gain_flicker(brightness_in, brightness))
