@@ -1,6 +1,6 @@
-"""Video enhancement as a stream: frames are decoded in a background thread, enhanced in batches on
-the chosen device, and encoded as they come (PyAV, FFmpeg's libraries): no frame folders, memory
-bounded whatever the length. Same size (odd sizes too: H.264 4:4:4 where 4:2:0 cannot hold them)
+"""Video enhancement as a stream: frames are decoded in one background thread, enhanced in batches on
+the chosen device, and encoded in another as they come (PyAV, FFmpeg's libraries): no frame folders,
+memory bounded whatever the length, the model overlapping the codec. Same size (odd sizes too: H.264 4:4:4 where 4:2:0 cannot hold them)
 and frame rate as the input; audio streams are copied unchanged.
 
     result = enhance_video("clip.mp4", "out/clip.mp4", enhance, batch_size=4)
@@ -176,6 +176,45 @@ def enhance_video(src: str | os.PathLike, dst: str | os.PathLike,
         container.close()
 
 
+class _Encoder(threading.Thread):
+    """Encodes enhanced frames (uint8 RGB arrays) and muxes them with the copied audio packets, in
+    the order queued, while the caller enhances the next batch. After an error it keeps draining
+    the queue (so the caller never blocks on it) and ``error`` holds the exception."""
+
+    def __init__(self, out, stream, copies: dict, progress):
+        super().__init__(daemon=True)
+        self.out, self.stream, self.copies, self.progress = out, stream, copies, progress
+        self.items: queue.Queue = queue.Queue(maxsize=2 * QUEUE_FRAMES)
+        self.brightness: list[float] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        import av
+        while (item := self.items.get()) is not _END:
+            if self.error is not None:
+                continue
+            try:
+                if isinstance(item, np.ndarray):
+                    self.brightness.append(float(item.mean()) / 255)
+                    frame = av.VideoFrame.from_ndarray(item, format="rgb24")
+                    frame.pts = len(self.brightness) - 1
+                    for packet in self.stream.encode(frame):
+                        self.out.mux(packet)
+                    if self.progress is not None:
+                        self.progress(len(self.brightness))
+                elif item.stream.index in self.copies:  # an audio packet: copied as it is
+                    item.stream = self.copies[item.stream.index]
+                    self.out.mux(item)
+            except BaseException as e:
+                self.error = e
+        if self.error is None:
+            try:
+                for packet in self.stream.encode():  # flush the encoder
+                    self.out.mux(packet)
+            except BaseException as e:
+                self.error = e
+
+
 def _transcode(container, video, audio, rate, expected, src, dst, enhance, batch_size, device, dtype,
                progress) -> VideoResult:
     import av
@@ -187,8 +226,8 @@ def _transcode(container, video, audio, rate, expected, src, dst, enhance, batch
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp" + dst.suffix, dir=dst.parent)
     os.close(fd)
-    written, brightness, brightness_in, stopped = 0, [], [], None
-    out = None
+    sent, brightness_in, stopped = 0, [], None
+    out = encoder = None
     try:
         out = av.open(tmp, "w", format=WRITE_FORMATS.get(dst.suffix.lower(), "mp4"))
         h, w = video.codec_context.height, video.codec_context.width
@@ -196,50 +235,50 @@ def _transcode(container, video, audio, rate, expected, src, dst, enhance, batch
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"  # 4:2:0 needs even sizes
         stream.options = {"crf": "17", "preset": "veryfast"}
-        copies = {a.index: out.add_stream_from_template(a) for a in audio}
+        encoder = _Encoder(out, stream, {a.index: out.add_stream_from_template(a) for a in audio}, progress)
+        encoder.start()
 
-        def encode(batch: list[np.ndarray]) -> None:
-            nonlocal written
-            x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+        def enhance_batch(batch: list[np.ndarray]) -> None:
+            nonlocal sent
             lum = [float(f.mean()) / 255 for f in batch]
             brightness_in.extend(lum)
+            x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
             x = x.to(device=device, dtype=dtype, non_blocking=True).div_(255)
-            y = enhance(x, lum).float().cpu()
+            y = enhance(x, lum)
             for k in range(y.shape[0]):
-                rgb = to_uint8(y[k])
-                brightness.append(float(rgb.mean()) / 255)
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-                frame.pts = written
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-                written += 1
-            if progress is not None:
-                progress(written)
+                encoder.items.put(to_uint8(y[k]))  # rounded on the device: a quarter of the bytes to copy
+            sent += y.shape[0]
 
         batch: list[np.ndarray] = []
         while (item := frames.get()) is not _END:
+            if encoder.error is not None:
+                break
             if isinstance(item, VideoError):
                 stopped = str(item)
             elif isinstance(item, np.ndarray):
                 batch.append(item)
                 if len(batch) == batch_size:
-                    encode(batch)
+                    enhance_batch(batch)
                     batch = []
-            elif item.stream.index in copies:  # an audio packet: copied as it is
-                item.stream = copies[item.stream.index]
-                out.mux(item)
-        if batch:
-            encode(batch)
-        if written == 0:
+            else:
+                encoder.items.put(item)
+        if batch and encoder.error is None:
+            enhance_batch(batch)
+        encoder.items.put(_END)
+        encoder.join()
+        if encoder.error is not None:
+            raise encoder.error
+        if sent == 0:
             raise VideoError(f"{src}: no video frame could be decoded" + (f" ({stopped})" if stopped else ""))
-        for packet in stream.encode():  # flush the encoder
-            out.mux(packet)
         out.close()
         out = None
         os.chmod(tmp, 0o644)
         os.replace(tmp, dst)
     finally:
         stop.set()
+        if encoder is not None and encoder.is_alive():  # an error above: let it finish and drain
+            encoder.items.put(_END)
+            encoder.join()
         while reader.is_alive():  # unblock the reader if it waits on a full queue
             try:
                 frames.get_nowait()
@@ -252,6 +291,7 @@ def _transcode(container, video, audio, rate, expected, src, dst, enhance, batch
                 pass
         if os.path.exists(tmp):
             os.unlink(tmp)
+    written, brightness = sent, encoder.brightness
     if stopped is None and expected is not None and written < expected:
         stopped = f"the stream ended after {written} of {expected} frames"
     return VideoResult(written, expected, float(rate), len(audio), stopped, flicker(brightness),
