@@ -125,47 +125,39 @@ __global__ void __launch_bounds__(kThreads) le_curve_bwd(const T* __restrict__ g
     if (j0 + k < f.w) gr_row[j0 + k] = cast<G>(gsum[k]);
 }
 
-// Full-size rows folded onto r's rows: out[plane, p, :] = sum over the rows i that read row p of their
-// weight times g[plane, i, :]. grid: (planes * rh, w / kThreads)
+// The adjoint of one align_corners resize along an axis: the sum, over the `full`-axis positions i
+// whose taps include `target` of the `small` axis, of their tap weight times g[i * stride]. Those i
+// lie within one source step of target: i in [(target - 1) / s, (target + 1) / s].
+template <typename A>
+__device__ __forceinline__ A fold(const A* g, long long stride, int target, int small, int full) {
+  const A s = full > 1 ? A(small - 1) / A(full - 1) : A(0);
+  const int lo = s > 0 ? max(static_cast<int>(A(target - 1) / s) - 1, 0) : 0;
+  const int hi = s > 0 ? min(static_cast<int>(A(target + 1) / s) + 2, full) : full;
+  A acc = 0;
+  for (int i = lo; i < hi; ++i) {
+    const Lerp<A> t = align_corners_lerp<A>(i, small, full);
+    const A weight = (t.i0 == target ? A(1) - t.w1 : A(0)) + (t.i1 == target ? t.w1 : A(0));
+    if (weight != A(0)) acc += weight * g[i * stride];
+  }
+  return acc;
+}
+
+// Full-size rows folded onto r's rows. grid: (planes * rh, w / kThreads)
 template <typename A>
 __global__ void __launch_bounds__(kThreads) fold_rows(const A* __restrict__ g, A* __restrict__ out, int h,
                                                       int w, int rh) {
-  const long long prow = blockIdx.x;
-  const long long plane = prow / rh;
-  const int p = static_cast<int>(prow % rh);
+  const long long prow = blockIdx.x, plane = prow / rh;
   const int j = blockIdx.y * kThreads + threadIdx.x;
-  if (j >= w) return;
-  // rows i whose taps include p lie within one source step of p: i in [(p - 1) / s, (p + 1) / s]
-  const A s = h > 1 ? A(rh - 1) / A(h - 1) : A(0);
-  const int lo = s > 0 ? max(static_cast<int>(A(p - 1) / s) - 1, 0) : 0;
-  const int hi = s > 0 ? min(static_cast<int>(A(p + 1) / s) + 2, h) : h;
-  A acc = 0;
-  for (int i = lo; i < hi; ++i) {
-    const Lerp<A> t = align_corners_lerp<A>(i, rh, h);
-    const A weight = (t.i0 == p ? A(1) - t.w1 : A(0)) + (t.i1 == p ? t.w1 : A(0));
-    if (weight != A(0)) acc += weight * g[(plane * h + i) * w + j];
-  }
-  out[prow * w + j] = acc;
+  if (j < w) out[prow * w + j] = fold(g + plane * h * w + j, w, static_cast<int>(prow % rh), rh, h);
 }
 
-// Columns folded the same way: out[row, q] = sum over columns j that read column q. grid: rows, rw / kThreads
+// Then their columns onto r's columns. grid: (planes * rh, rw / kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads) fold_cols(const acc_t<T>* __restrict__ g, T* __restrict__ out,
                                                       int w, int rw) {
-  using A = acc_t<T>;
   const long long row = blockIdx.x;
   const int q = blockIdx.y * kThreads + threadIdx.x;
-  if (q >= rw) return;
-  const A s = w > 1 ? A(rw - 1) / A(w - 1) : A(0);
-  const int lo = s > 0 ? max(static_cast<int>(A(q - 1) / s) - 1, 0) : 0;
-  const int hi = s > 0 ? min(static_cast<int>(A(q + 1) / s) + 2, w) : w;
-  A acc = 0;
-  for (int j = lo; j < hi; ++j) {
-    const Lerp<A> t = align_corners_lerp<A>(j, rw, w);
-    const A weight = (t.i0 == q ? A(1) - t.w1 : A(0)) + (t.i1 == q ? t.w1 : A(0));
-    if (weight != A(0)) acc += weight * g[row * w + j];
-  }
-  out[row * rw + q] = cast<T>(acc);
+  if (q < rw) out[row * rw + q] = cast<T>(fold(g + row * w, 1, q, rw, w));
 }
 
 template <typename T>
