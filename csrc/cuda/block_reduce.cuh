@@ -22,4 +22,29 @@ __device__ __forceinline__ A block_sum(A v) {
   return total;
 }
 
+// The two-stage reduction of two sums, stage one: the block's sums of a and b stored as its pair in
+// `partials` (entries 2 * blockIdx.x and 2 * blockIdx.x + 1). Every thread must call it.
+template <int kThreads, typename A, typename P>
+__device__ __forceinline__ void store_block_pair(A a, A b, P* partials) {
+  a = block_sum<kThreads>(a);
+  b = block_sum<kThreads>(b);
+  if (threadIdx.x == 0) {
+    partials[2 * blockIdx.x] = a;
+    partials[2 * blockIdx.x + 1] = b;
+  }
+}
+
+// Stage two, in one block: the pairs of `blocks` blocks summed in block order, in double; valid
+// in thread 0. Every thread must call it.
+template <int kThreads, typename P>
+__device__ __forceinline__ void sum_block_pairs(const P* partials, int blocks, double& a, double& b) {
+  a = b = 0;
+  for (int k = threadIdx.x; k < blocks; k += kThreads) {
+    a += partials[2 * k];
+    b += partials[2 * k + 1];
+  }
+  a = block_sum<kThreads>(a);
+  b = block_sum<kThreads>(b);
+}
+
 }  // namespace sgllie::cuda

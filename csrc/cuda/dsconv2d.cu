@@ -585,10 +585,7 @@ cudaError_t dsconv2d_backward(const T* grad, const T* x, const T* x2, const T* d
   template cudaError_t dsconv2d_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*,        \
                                             const T*, T*, T*, T*, T*, T*, T*, void*, DsconvShape, Activation, \
                                             cudaStream_t);
-SGLLIE_INSTANTIATE(float)
-SGLLIE_INSTANTIATE(double)
-SGLLIE_INSTANTIATE(__half)
-SGLLIE_INSTANTIATE(__nv_bfloat16)
+SGLLIE_FOR_EACH_STORAGE_TYPE(SGLLIE_INSTANTIATE)
 #undef SGLLIE_INSTANTIATE
 #undef DS_UNROLL
 #undef DS_PRAGMA

@@ -69,26 +69,41 @@ __device__ __forceinline__ void store_pack(T* row, int j0, int w, bool aligned, 
   }
 }
 
-// grid: (planes * h rows, column packs / kThreads)
+// This thread's pack in a (planes * h rows, column packs / kThreads) grid: where it starts in x, and
+// r at its columns (read, or upsampled with the row's taps computed once).
+template <typename T>
+struct PackSite {
+  const Factors<T>& f;
+  long long row, plane;
+  int i, j0;
+  Lerp<acc_t<T>> ty;
+
+  __device__ __forceinline__ explicit PackSite(const Factors<T>& factors)
+      : f(factors), row(blockIdx.x), plane(row / f.h), i(static_cast<int>(row % f.h)),
+        j0(static_cast<int>((blockIdx.y * kThreads + threadIdx.x) * kVec<T>)),
+        ty(f.upsample ? align_corners_lerp<acc_t<T>>(i, f.rh, f.h) : Lerp<acc_t<T>>{0, 0, acc_t<T>(0)}) {}
+
+  __device__ __forceinline__ long long offset() const { return row * f.w; }  // of the row in x
+  __device__ __forceinline__ acc_t<T> factor(int k) const {
+    return j0 + k < f.w ? f.at(plane, i, j0 + k, ty) : acc_t<T>(0);
+  }
+};
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) le_curve_fwd(const T* __restrict__ x, Factors<T> f,
                                                          T* __restrict__ y, int iterations, bool aligned) {
   using A = acc_t<T>;
-  const long long row = blockIdx.x;
-  const long long plane = row / f.h;
-  const int i = static_cast<int>(row % f.h);
-  const int j0 = (blockIdx.y * kThreads + threadIdx.x) * kVec<T>;
-  if (j0 >= f.w) return;
-  const Lerp<A> ty = f.upsample ? align_corners_lerp<A>(i, f.rh, f.h) : Lerp<A>{0, 0, A(0)};
+  const PackSite<T> site(f);
+  if (site.j0 >= f.w) return;
   A v[kVec<T>];
-  load_pack(x + row * f.w, j0, f.w, aligned, v);
+  load_pack(x + site.offset(), site.j0, f.w, aligned, v);
   for (int k = 0; k < kVec<T>; ++k) {
-    const A r = j0 + k < f.w ? f.at(plane, i, j0 + k, ty) : A(0);
+    const A r = site.factor(k);
     A xk = v[k];
     for (int t = 0; t < iterations; ++t) xk = le_step(xk, r);
     v[k] = xk;
   }
-  store_pack(y + row * f.w, j0, f.w, aligned, v);
+  store_pack(y + site.offset(), site.j0, f.w, aligned, v);
 }
 
 // grad_x, and r's gradient at full size into gr (T when r has x's size, else acc_t<T> workspace).
@@ -97,17 +112,13 @@ __global__ void __launch_bounds__(kThreads) le_curve_bwd(const T* __restrict__ g
                                                          Factors<T> f, T* __restrict__ gx, G* __restrict__ gr,
                                                          int iterations, bool aligned) {
   using A = acc_t<T>;
-  const long long row = blockIdx.x;
-  const long long plane = row / f.h;
-  const int i = static_cast<int>(row % f.h);
-  const int j0 = (blockIdx.y * kThreads + threadIdx.x) * kVec<T>;
-  if (j0 >= f.w) return;
-  const Lerp<A> ty = f.upsample ? align_corners_lerp<A>(i, f.rh, f.h) : Lerp<A>{0, 0, A(0)};
+  const PackSite<T> site(f);
+  if (site.j0 >= f.w) return;
   A xv[kVec<T>], g[kVec<T>], gsum[kVec<T>];
-  load_pack(x + row * f.w, j0, f.w, aligned, xv);
-  load_pack(grad + row * f.w, j0, f.w, aligned, g);
+  load_pack(x + site.offset(), site.j0, f.w, aligned, xv);
+  load_pack(grad + site.offset(), site.j0, f.w, aligned, g);
   for (int k = 0; k < kVec<T>; ++k) {
-    const A r = j0 + k < f.w ? f.at(plane, i, j0 + k, ty) : A(0);
+    const A r = site.factor(k);
     A acc = 0, gk = g[k];
     // walk back: step t's input is recomputed from x (registers only; 36 cheap steps for 8)
     for (int t = iterations - 1; t >= 0; --t) {
@@ -119,10 +130,10 @@ __global__ void __launch_bounds__(kThreads) le_curve_bwd(const T* __restrict__ g
     g[k] = gk;
     gsum[k] = acc;
   }
-  store_pack(gx + row * f.w, j0, f.w, aligned, g);
-  G* gr_row = gr + row * f.w;
+  store_pack(gx + site.offset(), site.j0, f.w, aligned, g);
+  G* gr_row = gr + site.offset();
   for (int k = 0; k < kVec<T>; ++k)
-    if (j0 + k < f.w) gr_row[j0 + k] = cast<G>(gsum[k]);
+    if (site.j0 + k < f.w) gr_row[site.j0 + k] = cast<G>(gsum[k]);
 }
 
 // The adjoint of one align_corners resize along an axis: the sum, over the `full`-axis positions i
@@ -220,10 +231,7 @@ cudaError_t le_curve_backward(const T* grad, const T* x, const T* r, T* grad_x, 
   template size_t le_curve_backward_workspace<T>(CurveShape);                                              \
   template cudaError_t le_curve_backward<T>(const T*, const T*, const T*, T*, T*, void*, CurveShape, int,  \
                                             cudaStream_t);
-SGLLIE_INSTANTIATE(float)
-SGLLIE_INSTANTIATE(double)
-SGLLIE_INSTANTIATE(__half)
-SGLLIE_INSTANTIATE(__nv_bfloat16)
+SGLLIE_FOR_EACH_STORAGE_TYPE(SGLLIE_INSTANTIATE)
 #undef SGLLIE_INSTANTIATE
 
 }  // namespace sgllie::cuda

@@ -25,24 +25,14 @@ __global__ void __launch_bounds__(kThreads) tv_partials(const T* __restrict__ r,
     if (i > 0) { const A d = v - load(r + e - w); sh += d * d; }
     if (j > 0) { const A d = v - load(r + e - 1); sw += d * d; }
   }
-  sh = block_sum<kThreads>(sh);
-  sw = block_sum<kThreads>(sw);
-  if (threadIdx.x == 0) {
-    partials[2 * blockIdx.x] = sh;
-    partials[2 * blockIdx.x + 1] = sw;
-  }
+  store_block_pair<kThreads>(sh, sw, partials);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) tv_finish(const acc_t<T>* __restrict__ partials, int blocks,
                                                       T* __restrict__ out, int n, int h, int w) {
-  double sh = 0, sw = 0;
-  for (int b = threadIdx.x; b < blocks; b += kThreads) {
-    sh += partials[2 * b];
-    sw += partials[2 * b + 1];
-  }
-  sh = block_sum<kThreads>(sh);
-  sw = block_sum<kThreads>(sw);
+  double sh, sw;
+  sum_block_pairs<kThreads>(partials, blocks, sh, sw);
   if (threadIdx.x == 0)
     *out = cast<T>(static_cast<acc_t<T>>(2.0 * (sh / ((h - 1.0) * w) + sw / (h * (w - 1.0))) / n));
 }
@@ -95,10 +85,7 @@ cudaError_t tv_loss_backward(const T* grad, const T* r, T* grad_r, int n, int c,
   template size_t tv_loss_workspace<T>(int, int, int, int);                                           \
   template cudaError_t tv_loss_forward<T>(const T*, T*, void*, int, int, int, int, cudaStream_t);     \
   template cudaError_t tv_loss_backward<T>(const T*, const T*, T*, int, int, int, int, cudaStream_t);
-SGLLIE_INSTANTIATE(float)
-SGLLIE_INSTANTIATE(double)
-SGLLIE_INSTANTIATE(__half)
-SGLLIE_INSTANTIATE(__nv_bfloat16)
+SGLLIE_FOR_EACH_STORAGE_TYPE(SGLLIE_INSTANTIATE)
 #undef SGLLIE_INSTANTIATE
 
 }  // namespace sgllie::cuda

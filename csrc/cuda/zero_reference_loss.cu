@@ -145,12 +145,7 @@ __global__ void __launch_bounds__(kThreads) grads(const double* __restrict__ del
     exp = m * m;
     pooled[e] = m * (2.0 / p.exp_cells / (3.0 * s.exposure_patch * s.exposure_patch));
   }
-  spa = block_sum<kThreads>(spa);
-  exp = block_sum<kThreads>(exp);
-  if (threadIdx.x == 0) {
-    losses[2 * blockIdx.x] = spa;
-    losses[2 * blockIdx.x + 1] = exp;
-  }
+  store_block_pair<kThreads>(spa, exp, losses);
 }
 
 template <typename T>
@@ -158,11 +153,8 @@ __global__ void __launch_bounds__(kThreads) finish(const acc_t<T>* __restrict__ 
                                                    const double* __restrict__ losses, double* __restrict__ gcol,
                                                    T* __restrict__ spa_out, T* __restrict__ exp_out,
                                                    T* __restrict__ col_out, LossShape s, Plan p) {
-  double spa = 0, exp = 0, col = 0;
-  for (int b = threadIdx.x; b < p.grad_blocks; b += kThreads) {
-    spa += losses[2 * b];
-    exp += losses[2 * b + 1];
-  }
+  double spa, exp, col = 0;
+  sum_block_pairs<kThreads>(losses, p.grad_blocks, spa, exp);
   const int per_image = p.bands * p.col_blocks;
   const double pixels = static_cast<double>(s.h) * s.w;
   for (int img = threadIdx.x; img < s.n; img += kThreads) {
@@ -180,8 +172,6 @@ __global__ void __launch_bounds__(kThreads) finish(const acc_t<T>* __restrict__ 
     gcol[img * 3 + 1] = (-a3 - c3) * scale;
     gcol[img * 3 + 2] = (c3 - b3) * scale;
   }
-  spa = block_sum<kThreads>(spa);
-  exp = block_sum<kThreads>(exp);
   col = block_sum<kThreads>(col);
   if (threadIdx.x == 0) {
     *spa_out = cast<T>(static_cast<acc_t<T>>(spa / p.spa_cells));
@@ -258,10 +248,7 @@ bool zero_reference_loss_supported(LossShape s) { return plan(s).lcm <= kThreads
                                                       double, cudaStream_t);                                  \
   template cudaError_t zero_reference_loss_backward<T>(const T*, const T*, const T*, const double*, T*, T*,     \
                                                        LossShape, cudaStream_t);
-SGLLIE_INSTANTIATE(float)
-SGLLIE_INSTANTIATE(double)
-SGLLIE_INSTANTIATE(__half)
-SGLLIE_INSTANTIATE(__nv_bfloat16)
+SGLLIE_FOR_EACH_STORAGE_TYPE(SGLLIE_INSTANTIATE)
 #undef SGLLIE_INSTANTIATE
 
 }  // namespace sgllie::cuda

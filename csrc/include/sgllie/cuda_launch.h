@@ -38,6 +38,9 @@ template <> __host__ __device__ __forceinline__ __nv_bfloat16 cast<__nv_bfloat16
   return __float2bfloat16_rn(v);
 }
 
+// The storage types every kernel is instantiated for (bind.cpp dispatches to the same four).
+#define SGLLIE_FOR_EACH_STORAGE_TYPE(M) M(float) M(double) M(__half) M(__nv_bfloat16)
+
 inline unsigned blocks_for(long long n, unsigned threads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
 }
