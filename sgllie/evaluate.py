@@ -151,19 +151,20 @@ def evaluate(pred_dir: Path, ref_dir: Path | None = None, input_dir: Path | None
             columns += ["miou", "pixel_acc"] + (["miou_input", "pixel_acc_input"] if input_dir else [])
     table = Table(columns)
     for key, path in preds.items():
+        if ref_dir and key not in refs:  # before reading anything: it cannot be scored
+            errors.append(f"{path}: no reference image {key}.* under {ref_dir}")
+            continue
         try:
             img = read_image(path)
-            row = {"image": key, "brightness": brightness(img), "exposure_error": exposure_error(img),
-                   "piqe": piqe(img)}
             if ref_dir:
-                if key not in refs:
-                    errors.append(f"{path}: no reference image {key}.* under {ref_dir}")
-                    continue
                 ref = read_image(refs[key])
                 if ref.shape != img.shape:
                     errors.append(f"{path} is {img.shape[1]}x{img.shape[0]} but its reference {refs[key]} is "
                                   f"{ref.shape[1]}x{ref.shape[0]}")
                     continue
+            row = {"image": key, "brightness": brightness(img), "exposure_error": exposure_error(img),
+                   "piqe": piqe(img)}
+            if ref_dir:
                 row.update(psnr=psnr(img, ref), ssim=ssim(img, ref))
                 if segmenter:
                     truth, classes = segmenter.labels(ref)

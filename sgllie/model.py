@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -90,10 +91,15 @@ class EnhanceNet(nn.Module):
             r = ops.reference.upsample_factor_map(r, tuple(padded.shape[-2:]))
         return enhanced[..., :h, :w], r[..., :h, :w]
 
-    def enhance(self, x: Tensor) -> Tensor:
-        """The enhanced image only: the full-size factor map is never materialised."""
+    def enhance(self, x: Tensor, adjust_factor_map: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """The enhanced image only: the full-size factor map is never materialised.
+        ``adjust_factor_map`` maps r (at the working resolution) before the curve, e.g. to smooth it
+        across video frames."""
         padded, (h, w) = self._pad(x)
-        return ops.le_curve(padded, self.factor_map(padded), ITERATIONS)[..., :h, :w]
+        r = self.factor_map(padded)
+        if adjust_factor_map is not None:
+            r = adjust_factor_map(r)
+        return ops.le_curve(padded, r, ITERATIONS)[..., :h, :w]
 
     def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         ops.check.tensor4d("EnhanceNet", "x", x, channels=3)

@@ -28,7 +28,7 @@ from torch import Tensor
 from . import ops
 from .graphs import GraphedEnhance
 from .io import to_uint8
-from .model import ITERATIONS, EnhanceNet
+from .model import EnhanceNet
 
 # Containers written as they are read; other inputs (.avi, .webm, ...) are written as .mp4.
 WRITE_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -113,9 +113,7 @@ class FrameEnhancer:
         if self.smoother is None:
             return self.graphed(x)
         with ops.use_backend(self.backend or "auto"):
-            padded, (h, w) = self.model._pad(x)
-            r = self.smoother(self.model.factor_map(padded), brightness)
-            return ops.le_curve(padded, r, ITERATIONS)[..., :h, :w]
+            return self.model.enhance(x, adjust_factor_map=lambda r: self.smoother(r, brightness))
 
 
 _END = object()
@@ -291,8 +289,7 @@ def _transcode(container, video, audio, rate, expected, src, dst, enhance, batch
                 pass
         if os.path.exists(tmp):
             os.unlink(tmp)
-    written, brightness = sent, encoder.brightness
-    if stopped is None and expected is not None and written < expected:
-        stopped = f"the stream ended after {written} of {expected} frames"
-    return VideoResult(written, expected, float(rate), len(audio), stopped, flicker(brightness),
-                       gain_flicker(brightness_in, brightness))
+    if stopped is None and expected is not None and sent < expected:
+        stopped = f"the stream ended after {sent} of {expected} frames"
+    return VideoResult(sent, expected, float(rate), len(audio), stopped, flicker(encoder.brightness),
+                       gain_flicker(brightness_in, encoder.brightness))
