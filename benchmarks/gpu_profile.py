@@ -34,9 +34,9 @@ def _cases():
         p = [_rand(c, 1, 3, 3, lo=-1), _rand(c, lo=-1), _rand(32, c, 1, 1, lo=-1) / c ** 0.5, _rand(32, lo=-1)]
         yield (f"dsconv2d fwd {c1}+{c2}->32", lambda a=a, b=b, p=p: K.dsconv2d(a, *p, x2=b, activation="relu"),
                lambda a=a, b=b, p=p: ops.dsconv2d(a, *p, x2=b, activation="relu"), (c + 32) * n * h * w * f)
-        gy = _rand(n, 32, h, w, lo=-1)
-        yield (f"dsconv2d bwd {c1}+{c2}->32", lambda a=a, b=b, p=p, gy=gy:
-               K.dsconv2d_backward(gy, a, *p, x2=b, activation="relu"), None, (32 + 2 * c) * n * h * w * f)
+        gy, y = _rand(n, 32, h, w, lo=-1), _rand(n, 32, h, w, lo=-1).clamp_min(0)  # y: a relu's output
+        yield (f"dsconv2d bwd {c1}+{c2}->32", lambda a=a, b=b, p=p, gy=gy, y=y:
+               K.dsconv2d_backward(gy, a, *p, x2=b, activation="relu", out=y), None, (64 + 2 * c) * n * h * w * f)
     y, i = _rand(n, 3, h, w), _rand(n, 3, h, w)
     yield ("zero_reference_loss fwd", lambda: K.zero_reference_loss_forward(y, i, 4, 0.6, 16),
            lambda: ops.zero_reference_loss(y, i), 2 * y.numel() * f)

@@ -73,8 +73,8 @@ def _dsconv_fwd(c1, c2, o):
 def _dsconv_bwd(c1, c2, o):
     def run(n, h, w):
         x, x2, p = _dsconv_inputs(n, h, w, c1, c2, o)
-        g = _rand(n, o, h, w, lo=-1)
-        return lambda: _k().dsconv2d_backward(g, x, *p, x2=x2, activation="relu")
+        g, y = _rand(n, o, h, w, lo=-1), _rand(n, o, h, w, lo=-1).clamp_min(0)  # y: a relu's output
+        return lambda: _k().dsconv2d_backward(g, x, *p, x2=x2, activation="relu", out=y)
     return run
 
 
@@ -135,12 +135,14 @@ BACKWARD_CASES = {
     "le_curve": Case("le_curve bwd, same-size r (training)", TRAIN, _le_bwd,
                      lambda n, h, w: 5 * 3 * _px(n, h, w) * F32,
                      lambda n, h, w: 3 * _px(n, h, w) * (ITER * ITER * 2 + 8 * ITER)),
+    # floor: grad and the forward's output in, x in and dL/dx out; flops: three depthwise passes
+    # (z recomputed, its weights' gradient, dL/dx) and two pointwise (dL/dz, its weights' gradient)
     "dsconv2d": Case("dsconv2d bwd 32 -> 32, relu", TRAIN, _dsconv_bwd(32, 0, 32),
-                     lambda n, h, w: (32 + 2 * 32) * _px(n, h, w) * F32,
-                     lambda n, h, w: 3 * _px(n, h, w) * (18 * 32 + 2 * 32 * 32)),
+                     lambda n, h, w: (2 * 32 + 2 * 32) * _px(n, h, w) * F32,
+                     lambda n, h, w: _px(n, h, w) * (3 * 18 * 32 + 2 * 2 * 32 * 32)),
     "dsconv2d-skip": Case("dsconv2d bwd 32+32 -> 32, relu", TRAIN, _dsconv_bwd(32, 32, 32),
-                          lambda n, h, w: (32 + 2 * 64) * _px(n, h, w) * F32,
-                          lambda n, h, w: 3 * _px(n, h, w) * (18 * 64 + 2 * 64 * 32)),
+                          lambda n, h, w: (2 * 32 + 2 * 64) * _px(n, h, w) * F32,
+                          lambda n, h, w: _px(n, h, w) * (3 * 18 * 64 + 2 * 2 * 64 * 32)),
     "zero_reference_loss": Case("zero_reference_loss bwd (dL/dY)", TRAIN, _zrl_bwd,
                                 lambda n, h, w: 3 * _px(n, h, w) * F32,
                                 lambda n, h, w: 3 * _px(n, h, w) * 4),

@@ -33,6 +33,13 @@ class Specialisation:
     constexprs: tuple[tuple[str, object], ...]
     num_warps: int
     num_stages: int
+    maxnreg: int | None = None  # a register cap for ptxas, where a config sets one
+
+    @property
+    def options(self) -> dict:
+        """``triton.compile``'s options for this variant."""
+        caps = {} if self.maxnreg is None else {"maxnreg": self.maxnreg}
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages} | caps
 
     @property
     def name(self) -> str:
@@ -40,7 +47,8 @@ class Specialisation:
 
     def config_str(self) -> str:
         consts = ", ".join(f"{k}={v}" for k, v in self.constexprs)
-        return f"{consts}; warps={self.num_warps}, stages={self.num_stages}"
+        cap = "" if self.maxnreg is None else f", maxnreg={self.maxnreg}"
+        return f"{consts}; warps={self.num_warps}, stages={self.num_stages}{cap}"
 
 
 _recorded: contextvars.ContextVar[set | None] = contextvars.ContextVar("sgllie_triton_recorded", default=None)
@@ -109,7 +117,7 @@ def _record(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict, configs: 
             else:
                 signature.append((param.name, _arg_type(values[param.name])))
         seen.add(Specialisation(fn, tuple(signature), tuple(constexprs), config.num_warps,
-                                config.num_stages))
+                                config.num_stages, config.maxnreg))
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:

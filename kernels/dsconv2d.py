@@ -9,9 +9,10 @@ dimension; masked): a tile of the depthwise output z, then one tl.dot with 16 ro
 weights; outputs are masked up to BLOCK_O >= 16. Products are exact float32 ("ieee", on FMAs).
 
 Forward: one read of x (and x2) with the tile's halo, one write of y.
-Backward: four kernels, each small enough to keep in registers (one kernel doing it all spilled:
-Triton keeps every tl.dot operand, and every layout a tile is used in, in registers):
-- act, with an activation only: the pre-activation recomputed, gm = dL/d(pre-activation) written;
+Backward: three kernels, each small enough to keep in registers (one kernel doing it all spilled:
+Triton keeps every tl.dot operand, and every layout a tile is used in, in registers). gm =
+dL/d(pre-activation) is formed where it is loaded, from the incoming gradient and the forward's
+output y (relu' = [y > 0], tanh' = 1 - y^2), so the forward is never recomputed for it:
 - dz: dL/dz = gm W into a float32 scratch (N, C, H, W);
 - params: z recomputed, partial sums of all four parameter gradients (z^T gm, gm, gz * x shifted,
   gz) over a run of tiles, added into the program's own row: the host sums the rows in a fixed
@@ -24,19 +25,25 @@ import torch
 import triton
 import triton.language as tl
 
+from sgllie.ops.reference import require_output
+
 from ._runtime import autotune, launch
 
 
-def _configs(*shapes):
-    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw) for bh, bw, nw in shapes]
+def _configs(*shapes, stages=3, maxnreg=None):
+    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw, num_stages=stages, maxnreg=maxnreg)
+            for bh, bw, nw in shapes]
 
 
 # (BLOCK_H, BLOCK_W, num_warps), each list checked to build with no spills for sm_80 and sm_90 in
 # every dtype. An "ieee" tl.dot holds its operands' whole K in registers: the pixels are the M of the
 # forward's products but the K of the params kernel's z^T gm, whose tiles stay small.
-_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))  # also the act kernel's
-_DZ_CONFIGS = _configs((4, 16, 8), (8, 8, 8))
-_PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4))
+_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))
+# Register caps: left to itself, ptxas keeps some variants at 64-80 registers and puts a value or
+# two on the stack (dz in float32 on sm_80, params in float64); a cap lets it use what it needs.
+# dz: 2 stages, as 3 stages of prefetched gradient and output tiles need twice the shared memory.
+_DZ_CONFIGS = _configs((4, 16, 8), (8, 8, 8), stages=2, maxnreg=255)
+_PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4), maxnreg=168)
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
 _CHUNK = 16
 # params programs over all images: enough to fill the GPU, few enough that their rows of partial
@@ -147,27 +154,18 @@ def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, 
     tl.store(out, y, mask=((rows < H) & (cols < W))[:, None] & omask[None, :])
 
 
-@autotune(_FWD_CONFIGS, key=["W", "C1", "C2", "O"])
 @triton.jit
-def _dsconv_bwd_act(g_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, gm_ptr, H, W, C1, C2, O,
-                    ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_O: tl.constexpr,
-                    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """gm = dL/d(pre-activation): the forward's tile, the incoming gradient times act'(pre)."""
-    n = tl.program_id(1)
-    rows, cols = _tile(tl.program_id(0), W, BLOCK_H, BLOCK_W)
-    oo = tl.arange(0, BLOCK_O)
-    omask = oo < O
-    pre = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
-                          COMPUTE, CHUNK, BLOCK_H * BLOCK_W, BLOCK_O)
-    offs = ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None]
-    mask = ((rows < H) & (cols < W))[:, None] & omask[None, :]
+def _grad_pre(g_ptr, y_ptr, offs, mask, ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr):
+    """gm = dL/d(pre-activation) at ``offs``: the incoming gradient through the activation, whose
+    derivative comes from the forward's output y."""
+    if ACTIVATION == "relu":  # the gradient read only where the output is positive
+        return tl.load(g_ptr + offs, mask=mask & (tl.load(y_ptr + offs, mask=mask, other=0.0) > 0),
+                       other=0.0).to(COMPUTE)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-    if ACTIVATION == "relu":
-        g = tl.where(pre > 0, g, 0.0)
-    else:
-        th = _tanh(pre)
-        g = g * (1 - th * th)
-    tl.store(gm_ptr + offs, g, mask=mask)
+    if ACTIVATION == "tanh":
+        y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+        g = g * (1 - y * y)
+    return g
 
 
 @triton.jit
@@ -189,8 +187,8 @@ def _accumulate(ptr, value, mask, update):
 
 
 @triton.jit
-def _dz_input(gm_ptr, n, Ci, first, C, O, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE: tl.constexpr,
-              CHUNK: tl.constexpr, BLOCK_P: tl.constexpr):
+def _dz_input(g_ptr, y_ptr, n, Ci, first, C, O, rows, cols, H, W, pww_ptr, gz_ptr, ACTIVATION: tl.constexpr,
+              COMPUTE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr):
     """One input's share of a dz tile: its Ci channels are channels first.. of [x, x2]."""
     inside = ((rows < H) & (cols < W))[:, None]
     for c0 in range(0, Ci, CHUNK):
@@ -200,8 +198,8 @@ def _dz_input(gm_ptr, n, Ci, first, C, O, rows, cols, H, W, pww_ptr, gz_ptr, COM
         for o0 in range(0, O, CHUNK):  # outputs CHUNK at a time too: an "ieee" tl.dot's K stays small
             oo = o0 + tl.arange(0, CHUNK)
             omask = oo < O
-            gm = tl.load(gm_ptr + ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
-                         mask=inside & omask[None, :], other=0.0).to(COMPUTE)
+            gm = _grad_pre(g_ptr, y_ptr, ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
+                           inside & omask[None, :], ACTIVATION, COMPUTE)
             w = _weights(pww_ptr, C, cw[None, :], cmask[None, :], oo[:, None], omask[:, None], COMPUTE)
             gz = tl.dot(gm, w, gz, input_precision="ieee", out_dtype=COMPUTE)
         tl.store(gz_ptr + ((n * C + cw).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None], gz,
@@ -210,13 +208,15 @@ def _dz_input(gm_ptr, n, Ci, first, C, O, rows, cols, H, W, pww_ptr, gz_ptr, COM
 
 @autotune(_DZ_CONFIGS, key=["W", "C1", "C2", "O"])
 @triton.jit
-def _dsconv_bwd_dz(gm_ptr, pww_ptr, gz_ptr, H, W, C1, C2, O, COMPUTE: tl.constexpr, CHUNK: tl.constexpr,
-                   BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+def _dsconv_bwd_dz(g_ptr, y_ptr, pww_ptr, gz_ptr, H, W, C1, C2, O, ACTIVATION: tl.constexpr,
+                   COMPUTE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """dL/dz = gm W: the forward's pointwise conv transposed."""
     n = tl.program_id(1)
     rows, cols = _tile(tl.program_id(0), W, BLOCK_H, BLOCK_W)
-    _dz_input(gm_ptr, n, C1, 0, C1 + C2, O, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE, CHUNK, BLOCK_H * BLOCK_W)
-    _dz_input(gm_ptr, n, C2, C1, C1 + C2, O, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE, CHUNK, BLOCK_H * BLOCK_W)
+    _dz_input(g_ptr, y_ptr, n, C1, 0, C1 + C2, O, rows, cols, H, W, pww_ptr, gz_ptr, ACTIVATION, COMPUTE, CHUNK,
+              BLOCK_H * BLOCK_W)
+    _dz_input(g_ptr, y_ptr, n, C2, C1, C1 + C2, O, rows, cols, H, W, pww_ptr, gz_ptr, ACTIVATION, COMPUTE, CHUNK,
+              BLOCK_H * BLOCK_W)
 
 
 @triton.jit
@@ -249,9 +249,9 @@ def _params_input(gm, ptr, n, Ci, first, C, O, rows, cols, H, W, dww_ptr, dwb_pt
 
 @autotune(_PARAMS_CONFIGS, key=["W", "C1", "C2", "O"])
 @triton.jit
-def _dsconv_bwd_params(gm_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, part_ptr, H, W, C1, C2, O,
-                       COMPUTE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_O: tl.constexpr,
-                       BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+def _dsconv_bwd_params(g_ptr, y_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, part_ptr, H, W, C1, C2, O,
+                       ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr,
+                       BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """Partial sums of the four parameter gradients over a run of tiles, into this program's row."""
     n = tl.program_id(1)
     C = C1 + C2
@@ -261,8 +261,8 @@ def _dsconv_bwd_params(gm_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, part_ptr
     first, last = _run(BLOCK_H, BLOCK_W, H, W)
     for tile in range(first, last):
         rows, cols = _tile(tile, W, BLOCK_H, BLOCK_W)
-        gm = tl.load(gm_ptr + ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
-                     mask=((rows < H) & (cols < W))[:, None] & omask[None, :], other=0.0).to(COMPUTE)
+        gm = _grad_pre(g_ptr, y_ptr, ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
+                       ((rows < H) & (cols < W))[:, None] & omask[None, :], ACTIVATION, COMPUTE)
         update = tl.full([1], tile, tl.int32) > first  # [1]: a scalar mask trips the interpreter
         _accumulate(part + O * C + oo, tl.sum(gm, 0), omask, update)
         _params_input(gm, x_ptr, n, C1, 0, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
@@ -330,29 +330,28 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
 
 def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor,
                       pw_weight: torch.Tensor, pw_bias: torch.Tensor, x2: torch.Tensor | None = None,
-                      activation: str = "none"):
-    """Returns (grad_x, grad_x2 or None, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias)."""
+                      activation: str = "none", out: torch.Tensor | None = None):
+    """Returns (grad_x, grad_x2 or None, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias).
+    ``out``: the forward's output, needed with an activation."""
     has_x2 = x2 is not None
     x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, consts = _prepare(
         x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)
     grad = grad.contiguous().to(x.dtype)
+    # grad standing in for out without an activation: never read
+    out = grad if activation == "none" else require_output(out, activation).contiguous().to(x.dtype)
     n, c1, H, W = x.shape
     c = c1 + c2
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     tiles = lambda meta: triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"])  # noqa: E731
-    gm = grad  # dL/d(pre-activation)
-    if activation != "none":
-        gm = torch.empty((n, o, H, W), device=x.device, dtype=compute)
-        launch(_dsconv_bwd_act, lambda meta: (tiles(meta), n), grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias,
-               gm, H, W, c1, c2, o, ACTIVATION=activation, **consts)
     gz = torch.empty((n, c, H, W), device=x.device, dtype=compute)
-    launch(_dsconv_bwd_dz, lambda meta: (tiles(meta), n), gm, pw_weight, gz, H, W, c1, c2, o,
-           COMPUTE=consts["COMPUTE"], CHUNK=_CHUNK)
+    launch(_dsconv_bwd_dz, lambda meta: (tiles(meta), n), grad, out, pw_weight, gz, H, W, c1, c2, o,
+           ACTIVATION=activation, COMPUTE=consts["COMPUTE"], CHUNK=_CHUNK)
     # programs per image: no more runs than the coarsest config has tiles, so that none is empty
     programs = min(triton.cdiv(min(tiles(k.kwargs) for k in _PARAMS_CONFIGS), _MIN_RUN),
                    triton.cdiv(_PARTIAL_PROGRAMS, n))
     part = torch.empty((n * programs, o * c + o + 10 * c), device=x.device, dtype=compute)
-    launch(_dsconv_bwd_params, (programs, n), gm, x, x2, dw_weight, dw_bias, gz, part, H, W, c1, c2, o, **consts)
+    launch(_dsconv_bwd_params, (programs, n), grad, out, x, x2, dw_weight, dw_bias, gz, part, H, W, c1, c2, o,
+           ACTIVATION=activation, **consts)
     gx = torch.empty_like(x)
     gx2 = torch.empty_like(x2) if has_x2 else gx  # gx standing in: never written
     launch(_dsconv_bwd_input, lambda meta: (tiles(meta), c, n), gz, dw_weight, gx, gx2, H, W, c1, c2,

@@ -155,7 +155,8 @@ def test_dsconv2d_backward_formula(with_x2, activation):
         return R.dsconv2d(t[0], *t[-4:], x2=t[1] if with_x2 else None, activation=activation)
 
     expected = _autograd(fn, inputs, grad)
-    gx, gx2, *gp = R.dsconv2d_backward(grad, x, *params, x2=x2, activation=activation)
+    out = fn(*inputs)
+    gx, gx2, *gp = R.dsconv2d_backward(grad, x, *params, x2=x2, activation=activation, out=out)
     got = [gx] + ([gx2] if with_x2 else []) + gp
     for a, b in zip(got, expected):
         assert_close(a, b)
@@ -201,3 +202,9 @@ def test_zero_reference_loss_backward_formula():
     for a, b in zip(R.zero_reference_loss_backward(*gs, pooled, y, True, 4, 16), expected):
         assert_close(a, b)
     assert R.zero_reference_loss_backward(*gs, pooled, y, False, 4, 16)[1] is None
+
+
+def test_dsconv2d_backward_needs_the_output_with_an_activation():
+    x, params = _f64(1, 3, 4, 4), [_f64(3, 1, 3, 3), _f64(3), _f64(2, 3, 1, 1), _f64(2)]
+    with pytest.raises(ValueError, match="needs the forward's output"):
+        R.dsconv2d_backward(_f64(1, 2, 4, 4), x, *params, activation="relu")

@@ -42,7 +42,7 @@ def specialisations(drive) -> set:
 def build(spec, capability: int) -> Build:
     source = ASTSource(fn=spec.kernel, signature=dict(spec.signature), constexprs=dict(spec.constexprs))
     compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
-                              options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+                              options=spec.options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()

@@ -57,12 +57,11 @@ def dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="non
     return y.tanh_() if activation == "tanh" else y  # tanh: SGZ's 3-channel last block, a cheap pass
 
 
-def dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none"):
+def dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none", out=None):
     if x.dtype not in _DTYPES:
-        return reference.dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
-    if activation == "tanh":
-        pre = _K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, 0)
-        grad = reference.activation_backward(grad, pre, "tanh")
+        return reference.dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation, out)
+    if activation == "tanh":  # relu's mask the kernel recomputes in the rows it holds anyway
+        grad = reference.activation_backward(grad, reference.require_output(out, activation), "tanh")
     gx, gx2, *gparams = _K.dsconv2d_backward(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias,
                                              int(activation == "relu"))
     return (gx, None if x2 is None else gx2, *gparams)

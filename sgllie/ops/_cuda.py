@@ -63,9 +63,11 @@ class CudaKernels:
             return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
         return self._K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, _ACTIVATIONS[activation])
 
-    def dsconv2d_backward(self, grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none"):
+    def dsconv2d_backward(self, grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none",
+                          out=None):
+        # out unused: the kernel recomputes the pre-activation from the z tile it holds in shared memory
         if dw_weight.shape[0] > MAX_DSCONV_CHANNELS:
-            return reference.dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
+            return reference.dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation, out)
         gx, gx2, *gparams = self._K.dsconv2d_backward(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias,
                                                       _ACTIVATIONS[activation])
         return (gx, None if x2 is None else gx2, *gparams)

@@ -32,15 +32,15 @@ def _(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, backend):
 
 @torch.library.custom_op("sgllie::dsconv2d_backward", mutates_args=())
 def dsconv2d_backward(grad: Tensor, x: Tensor, x2: Tensor | None, dw_weight: Tensor, dw_bias: Tensor,
-                      pw_weight: Tensor, pw_bias: Tensor, activation: str, backend: str
+                      pw_weight: Tensor, pw_bias: Tensor, out: Tensor | None, activation: str, backend: str
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     gx, gx2, *gparams = kernels(backend).dsconv2d_backward(
-        grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
+        grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation, out)
     return (gx, x.new_empty(_EMPTY) if gx2 is None else gx2, *gparams)
 
 
 @dsconv2d_backward.register_fake
-def _(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, backend):
+def _(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, out, activation, backend):
     return (torch.empty_like(x), x.new_empty(_EMPTY) if x2 is None else torch.empty_like(x2),
             torch.empty_like(dw_weight), torch.empty_like(dw_bias), torch.empty_like(pw_weight),
             torch.empty_like(pw_bias))
@@ -48,12 +48,14 @@ def _(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, backend):
 
 def _dsconv2d_setup(ctx, inputs, output):
     x, x2, dw_weight, dw_bias, pw_weight, pw_bias, ctx.activation, ctx.backend = inputs
-    ctx.save_for_backward(x, x2, dw_weight, dw_bias, pw_weight, pw_bias)
+    # the output, for the activation's gradient: no extra memory, it is the next layer's saved input
+    out = None if ctx.activation == "none" else output
+    ctx.save_for_backward(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, out)
 
 
 def _dsconv2d_grad(ctx, grad):
-    x, x2, *params = ctx.saved_tensors
-    gx, gx2, *gparams = dsconv2d_backward(grad, x, x2, *params, ctx.activation, ctx.backend)
+    x, x2, *params, out = ctx.saved_tensors
+    gx, gx2, *gparams = dsconv2d_backward(grad, x, x2, *params, out, ctx.activation, ctx.backend)
     return gx, (None if x2 is None else gx2), *gparams, None, None
 
 

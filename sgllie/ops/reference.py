@@ -39,13 +39,22 @@ def activate(y: Tensor, activation: str) -> Tensor:
     return F.relu(y) if activation == "relu" else torch.tanh(y) if activation == "tanh" else y
 
 
-def activation_backward(grad: Tensor, pre: Tensor, activation: str) -> Tensor:
-    """The gradient through ``activation`` at the pre-activation ``pre``."""
+def activation_backward(grad: Tensor, out: Tensor, activation: str) -> Tensor:
+    """The gradient through ``activation``, from its output ``out`` (as PyTorch's relu and tanh
+    backward): relu' = [out > 0], tanh' = 1 - out^2."""
     if activation == "relu":
-        return grad * (pre > 0)
+        return grad * (out > 0)
     if activation == "tanh":
-        return grad * (1 - torch.tanh(pre).square())
+        return grad * (1 - out.square())
     return grad
+
+
+def require_output(out: Tensor | None, activation: str) -> Tensor:
+    """The forward's output, which an activated dsconv2d's backward takes the activation's gradient
+    from (free to keep: autograd holds it anyway as the next layer's input)."""
+    if out is None:
+        raise ValueError(f"dsconv2d_backward with activation {activation!r} needs the forward's output `out`")
+    return out
 
 
 def _pointwise(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -56,13 +65,15 @@ def _pointwise(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 def dsconv2d_backward(grad: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor,
-                      pw_bias: Tensor, x2: Tensor | None = None, activation: str = "none"):
-    """Returns (grad_x, grad_x2 or None, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias)."""
+                      pw_bias: Tensor, x2: Tensor | None = None, activation: str = "none",
+                      out: Tensor | None = None):
+    """Returns (grad_x, grad_x2 or None, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias).
+    ``out`` is the forward's output, needed with an activation (whose gradient is taken from it)."""
+    if activation != "none":
+        grad = activation_backward(grad, require_output(out, activation), activation)
     xc = x if x2 is None else torch.cat([x, x2], 1)
     c = xc.shape[1]
     z = F.conv2d(xc, dw_weight, dw_bias, padding=1, groups=c)
-    if activation != "none":  # needs the pre-activation: recomputing it is cheaper than storing it
-        grad = activation_backward(grad, _pointwise(z, pw_weight, pw_bias), activation)
     n, o, h, w = grad.shape
     g = grad.reshape(n, o, h * w)
     g_pw_bias = g.sum((0, 2))
