@@ -6,7 +6,10 @@ float64.
 Programs own 2-D tiles of pixels of one image (2-D, so that the 3x3 halo re-read stays small),
 flattened to BLOCK_H * BLOCK_W lanes. Channels go CHUNK = 16 at a time (the smallest tl.dot
 dimension; masked): a tile of the depthwise output z, then one tl.dot with 16 rows of the pointwise
-weights; outputs are masked up to BLOCK_O >= 16. Products are exact float32 ("ieee", on FMAs).
+weights; outputs are masked up to BLOCK_O >= 16. float32 products run on the tensor cores as
+3xTF32 (each operand split into a TF32 high part and a TF32 remainder, three TF32 products summed:
+float32 accuracy, modelled at 5% of the float32 test tolerance, where PyTorch's default TF32 conv
+keeps 10 bits); float64 ones on FMAs ("ieee").
 
 Forward: one read of x (and x2) with the tile's halo, one write of y.
 Backward: three kernels, each small enough to keep in registers (one kernel doing it all spilled:
@@ -36,8 +39,8 @@ def _configs(*shapes, stages=3, maxnreg=None):
 
 
 # (BLOCK_H, BLOCK_W, num_warps), each list checked to build with no spills for sm_80 and sm_90 in
-# every dtype. An "ieee" tl.dot holds its operands' whole K in registers: the pixels are the M of the
-# forward's products but the K of the params kernel's z^T gm, whose tiles stay small.
+# every dtype. An "ieee" tl.dot (float64) holds its operands' whole K in registers: the pixels are the M
+# of the forward's products but the K of the params kernel's z^T gm, whose tiles stay small.
 _FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))
 # Register caps: left to itself, ptxas keeps some variants at 64-80 registers and puts a value or
 # two on the stack (dz in float32 on sm_80, params in float64); a cap lets it use what it needs.
@@ -50,6 +53,12 @@ _CHUNK = 16
 # sums stay small at any image size; and runs of _MIN_RUN tiles at least, neighbours sharing halos
 _PARTIAL_PROGRAMS = 1024
 _MIN_RUN = 4
+
+
+@triton.constexpr_function
+def _precision(compute):
+    """tl.dot's input precision for a compute type (the interpreter ignores it: its products are exact)."""
+    return "ieee" if compute == tl.float64 else "tf32x3"
 
 
 @triton.jit
@@ -107,7 +116,7 @@ def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr
         z = _depthwise(planes[None, :], ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
                        dww_ptr + first * 9, dwb_ptr + first, COMPUTE)
         w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
-        acc = tl.dot(z, w, acc, input_precision="ieee", out_dtype=COMPUTE)
+        acc = tl.dot(z, w, acc, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
     return acc
 
 
@@ -195,13 +204,13 @@ def _dz_input(g_ptr, y_ptr, n, Ci, first, C, O, rows, cols, H, W, pww_ptr, gz_pt
         cw = first + c0 + tl.arange(0, CHUNK)
         cmask = cw < first + Ci
         gz = tl.zeros([BLOCK_P, CHUNK], COMPUTE)
-        for o0 in range(0, O, CHUNK):  # outputs CHUNK at a time too: an "ieee" tl.dot's K stays small
+        for o0 in range(0, O, CHUNK):  # outputs CHUNK at a time too: a float64 tl.dot's K stays small
             oo = o0 + tl.arange(0, CHUNK)
             omask = oo < O
             gm = _grad_pre(g_ptr, y_ptr, ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
                            inside & omask[None, :], ACTIVATION, COMPUTE)
             w = _weights(pww_ptr, C, cw[None, :], cmask[None, :], oo[:, None], omask[:, None], COMPUTE)
-            gz = tl.dot(gm, w, gz, input_precision="ieee", out_dtype=COMPUTE)
+            gz = tl.dot(gm, w, gz, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
         tl.store(gz_ptr + ((n * C + cw).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None], gz,
                  mask=inside & cmask[None, :])
 
@@ -242,7 +251,7 @@ def _params_input(gm, ptr, n, Ci, first, C, O, rows, cols, H, W, dww_ptr, dwb_pt
         _accumulate(part + O * C + O + taps * C + cw[:, None], dw, cmask[:, None] & (taps < 10), update)
         pw = part + cw[:, None] + oo[None, :] * C
         pw_mask = cmask[:, None] & omask[None, :]
-        pw_sum = tl.dot(zt, gm, tl.load(pw, mask=pw_mask & update, other=0.0), input_precision="ieee",
+        pw_sum = tl.dot(zt, gm, tl.load(pw, mask=pw_mask & update, other=0.0), input_precision=_precision(COMPUTE),
                         out_dtype=COMPUTE)
         tl.store(pw, pw_sum, mask=pw_mask)
 
