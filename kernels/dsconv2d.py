@@ -8,8 +8,8 @@ flattened to BLOCK_H * BLOCK_W lanes. Channels go CHUNK = 16 at a time (the smal
 dimension; masked): a tile of the depthwise output z, then one tl.dot with 16 rows of the pointwise
 weights; outputs are masked up to BLOCK_O >= 16. float32 products run on the tensor cores as
 3xTF32 (each operand split into a TF32 high part and a TF32 remainder, three TF32 products summed:
-float32 accuracy, modelled at 5% of the float32 test tolerance, where PyTorch's default TF32 conv
-keeps 10 bits); float64 ones on FMAs ("ieee").
+float32 accuracy, where PyTorch's default TF32 conv keeps 10 bits; the interpreter tests round as
+the tensor cores do: tests/tensor_cores.py); float64 ones on FMAs ("ieee").
 
 Forward: one read of x (and x2) with the tile's halo, one write of y.
 Backward: three kernels, each small enough to keep in registers (one kernel doing it all spilled:

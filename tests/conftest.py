@@ -61,6 +61,19 @@ def triton_device() -> torch.device:
     pytest.skip("needs CUDA or TRITON_INTERPRET=1 (run: TRITON_INTERPRET=1 python -m pytest -m triton)")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _tensor_core_dots():
+    """Under the interpreter, the kernels' TF32 / 3xTF32 dot products round as a GPU's tensor cores do
+    (the interpreter's own are exact float32): the precision a GPU gives is what the tests check."""
+    if not _backends.triton_interpreting():
+        yield
+        return
+    from tensor_cores import tensor_core_dots  # noqa: PLC0415  (imports triton)
+
+    with tensor_core_dots():
+        yield
+
+
 def pytest_collection_modifyitems(items):
     """Op tests parametrised with backend="triton" belong to the triton invocation too, and those
     with backend="cuda_emu" to `pytest -m cuda_emu`."""
