@@ -4,9 +4,10 @@ from the two tensors (never built). float32/float16/bfloat16 I/O computed in flo
 float64.
 
 Programs own 2-D tiles of pixels of one image (2-D, so that the 3x3 halo re-read stays small),
-flattened to BLOCK_H * BLOCK_W lanes. Channels go CHUNK = 16 at a time (the smallest tl.dot
-dimension; masked): a tile of the depthwise output z, then one tl.dot with 16 rows of the pointwise
-weights; outputs are masked up to BLOCK_O >= 16. float32 products run on the tensor cores as
+flattened to BLOCK_H * BLOCK_W lanes. Channels go CHUNK = 8 at a time (the smallest K of a float32
+tl.dot; masked, unless every channel count is whole chunks): a tile of the depthwise output z, then
+one tl.dot with 8 rows of the pointwise weights; outputs are masked up to BLOCK_O >= 16. A chunk's
+nine taps are loaded together: 8 channels keep them in registers, where 16 held one tap at a time. float32 products run on the tensor cores as
 3xTF32 (each operand split into a TF32 high part and a TF32 remainder, three TF32 products summed:
 float32 accuracy, where PyTorch's default TF32 conv keeps 10 bits; the interpreter tests round as
 the tensor cores do: tests/tensor_cores.py); float64 ones on FMAs ("ieee").
@@ -41,14 +42,15 @@ def _configs(*shapes, stages=3, maxnreg=None):
 # (BLOCK_H, BLOCK_W, num_warps), each list checked to build with no spills for sm_80 and sm_90 in
 # every dtype. An "ieee" tl.dot (float64) holds its operands' whole K in registers: the pixels are the M
 # of the forward's products but the K of the params kernel's z^T gm, whose tiles stay small.
+# Register caps only where ptxas needs one: left to itself it keeps the params kernel in float64 at
+# 64-80 registers with a value or two on the stack; a cap lets it use what it needs. Elsewhere a cap
+# of 255 makes it take nearly all 255 (one block per SM) where it otherwise settles at 128 (two).
 _FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))
-# Register caps: left to itself, ptxas keeps some variants at 64-80 registers and puts a value or
-# two on the stack (dz in float32 on sm_80, params in float64); a cap lets it use what it needs.
-# dz: 2 stages, as 3 stages of prefetched gradient and output tiles need twice the shared memory.
-_DZ_CONFIGS = _configs((4, 16, 8), (8, 8, 8), stages=2, maxnreg=255)
+# dz: its loop prefetches only pointwise weights: 2 stages.
+_DZ_CONFIGS = _configs((4, 16, 8), (8, 16, 4), (16, 16, 8), stages=2)
 _PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4), maxnreg=168)
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
-_CHUNK = 16
+_CHUNK = 8
 # params programs over all images: enough to fill the GPU, few enough that their rows of partial
 # sums stay small at any image size; and runs of _MIN_RUN tiles at least, neighbours sharing halos
 _PARTIAL_PROGRAMS = 1024
@@ -70,11 +72,21 @@ def _tile(tile, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
 
 
 @triton.jit
-def _chunk(ptr, n, C, c0, H, W, CHUNK: tl.constexpr):
+def _channels(c0, C, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
+    """Channel numbers [c0, c0 + CHUNK) and their mask (1-D). WHOLE: C is a multiple of CHUNK, and the
+    mask a constant true that the compiler folds away, with a compare per element of every tile."""
+    ch = c0 + tl.arange(0, CHUNK)
+    if WHOLE:
+        return ch, tl.full([CHUNK], 1, tl.int1)
+    return ch, ch < C
+
+
+@triton.jit
+def _chunk(ptr, n, C, c0, H, W, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
     """Channels [c0, c0 + CHUNK) of image n of an (N, C, H, W) tensor: plane pointers, channel
     numbers, their mask (1-D)."""
-    ch = c0 + tl.arange(0, CHUNK)
-    return ptr + (n * C + ch).to(tl.int64) * H * W, ch, ch < C
+    ch, cmask = _channels(c0, C, CHUNK, WHOLE)
+    return ptr + (n * C + ch).to(tl.int64) * H * W, ch, cmask
 
 
 # The helpers below take channel-indexed tensors (planes, ch, cmask) along one axis and pixel-indexed
@@ -93,7 +105,7 @@ def _depthwise(planes, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, COMPUTE: t
     """z = bias + 3x3 depthwise (zero in masked channels); the weight pointers start at the input's
     first channel."""
     z = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE) + tl.zeros_like(rows + cols).to(COMPUTE)
-    for t in range(9):  # not unrolled: unrolled, every tap's weights get hoisted into registers
+    for t in range(9):  # unrolled by the compiler: the nine taps' loads in flight together
         w = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)
         z += w * _shifted(planes, cmask, rows, cols, t // 3 - 1, t % 3 - 1, H, W, COMPUTE)
     return z
@@ -108,11 +120,11 @@ def _weights(pww_ptr, C, cw, cmask, oo, omask, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                   COMPUTE: tl.constexpr, CHUNK: tl.constexpr):
+                   COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
     """acc + the pointwise conv of one input's z, [pixels, outputs]; its Ci channels are channels
     first.. of [x, x2]."""
     for c0 in range(0, Ci, CHUNK):
-        planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK)
+        planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE)
         z = _depthwise(planes[None, :], ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
                        dww_ptr + first * 9, dwb_ptr + first, COMPUTE)
         w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
@@ -122,14 +134,14 @@ def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr
 
 @triton.jit
 def _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
-                    COMPUTE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr,
+                    COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr, BLOCK_P: tl.constexpr,
                     BLOCK_O: tl.constexpr):
     """The conv's output before its activation, [pixels, outputs]."""
     pre = tl.load(pwb_ptr + oo, mask=omask, other=0.0).to(COMPUTE)[None, :] + tl.zeros([BLOCK_P, BLOCK_O], COMPUTE)
     pre = _add_pointwise(pre, x_ptr, n, C1, 0, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                         COMPUTE, CHUNK)
+                         COMPUTE, CHUNK, WHOLE)
     return _add_pointwise(pre, x2_ptr, n, C2, C1, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                          COMPUTE, CHUNK)
+                          COMPUTE, CHUNK, WHOLE)
 
 
 @triton.jit
@@ -147,14 +159,13 @@ def _tanh(a):
 @autotune(_FWD_CONFIGS, key=["W", "C1", "C2", "O"])
 @triton.jit
 def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, C1, C2, O,
-                ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr,
+                ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
                 BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     n = tl.program_id(1)
     rows, cols = _tile(tl.program_id(0), W, BLOCK_H, BLOCK_W)
-    oo = tl.arange(0, BLOCK_O)
-    omask = oo < O
+    oo, omask = _channels(0, O, BLOCK_O, WHOLE)
     y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
-                        COMPUTE, CHUNK, BLOCK_H * BLOCK_W, BLOCK_O)
+                        COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O)
     if ACTIVATION == "relu":
         y = tl.where(y < 0, 0.0, y)  # NaN stays NaN, as F.relu
     elif ACTIVATION == "tanh":
@@ -196,45 +207,40 @@ def _accumulate(ptr, value, mask, update):
 
 
 @triton.jit
-def _dz_input(g_ptr, y_ptr, n, Ci, first, C, O, rows, cols, H, W, pww_ptr, gz_ptr, ACTIVATION: tl.constexpr,
-              COMPUTE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr):
-    """One input's share of a dz tile: its Ci channels are channels first.. of [x, x2]."""
-    inside = ((rows < H) & (cols < W))[:, None]
+def _dz_input(gm, n, Ci, first, C, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE: tl.constexpr,
+              CHUNK: tl.constexpr, WHOLE: tl.constexpr):
+    """One input's share of a dz tile, from the tile's gm: its Ci channels are channels first.. of [x, x2]."""
     for c0 in range(0, Ci, CHUNK):
-        cw = first + c0 + tl.arange(0, CHUNK)
-        cmask = cw < first + Ci
-        gz = tl.zeros([BLOCK_P, CHUNK], COMPUTE)
-        for o0 in range(0, O, CHUNK):  # outputs CHUNK at a time too: a float64 tl.dot's K stays small
-            oo = o0 + tl.arange(0, CHUNK)
-            omask = oo < O
-            gm = _grad_pre(g_ptr, y_ptr, ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
-                           inside & omask[None, :], ACTIVATION, COMPUTE)
-            w = _weights(pww_ptr, C, cw[None, :], cmask[None, :], oo[:, None], omask[:, None], COMPUTE)
-            gz = tl.dot(gm, w, gz, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
+        ch, cmask = _channels(c0, Ci, CHUNK, WHOLE)
+        cw = first + ch
+        w = _weights(pww_ptr, C, cw[None, :], cmask[None, :], oo[:, None], omask[:, None], COMPUTE)
+        gz = tl.dot(gm, w, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
         tl.store(gz_ptr + ((n * C + cw).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None], gz,
-                 mask=inside & cmask[None, :])
+                 mask=((rows < H) & (cols < W))[:, None] & cmask[None, :])
 
 
 @autotune(_DZ_CONFIGS, key=["W", "C1", "C2", "O"])
 @triton.jit
 def _dsconv_bwd_dz(g_ptr, y_ptr, pww_ptr, gz_ptr, H, W, C1, C2, O, ACTIVATION: tl.constexpr,
-                   COMPUTE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """dL/dz = gm W: the forward's pointwise conv transposed."""
+                   COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr, BLOCK_O: tl.constexpr,
+                   BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """dL/dz = gm W: the forward's pointwise conv transposed; gm read once per tile, [pixels, outputs]."""
     n = tl.program_id(1)
     rows, cols = _tile(tl.program_id(0), W, BLOCK_H, BLOCK_W)
-    _dz_input(g_ptr, y_ptr, n, C1, 0, C1 + C2, O, rows, cols, H, W, pww_ptr, gz_ptr, ACTIVATION, COMPUTE, CHUNK,
-              BLOCK_H * BLOCK_W)
-    _dz_input(g_ptr, y_ptr, n, C2, C1, C1 + C2, O, rows, cols, H, W, pww_ptr, gz_ptr, ACTIVATION, COMPUTE, CHUNK,
-              BLOCK_H * BLOCK_W)
+    oo, omask = _channels(0, O, BLOCK_O, WHOLE)
+    gm = _grad_pre(g_ptr, y_ptr, ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
+                   ((rows < H) & (cols < W))[:, None] & omask[None, :], ACTIVATION, COMPUTE)
+    _dz_input(gm, n, C1, 0, C1 + C2, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE, CHUNK, WHOLE)
+    _dz_input(gm, n, C2, C1, C1 + C2, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE, CHUNK, WHOLE)
 
 
 @triton.jit
 def _params_input(gm, ptr, n, Ci, first, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
-                  omask, COMPUTE: tl.constexpr, CHUNK: tl.constexpr):
+                  omask, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
     """One input's share of a params tile, channels-first: z^T gm needs no transpose in registers."""
     inside = ((rows < H) & (cols < W))[None, :]
     for c0 in range(0, Ci, CHUNK):
-        planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK)
+        planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE)
         cw = first + ch
         gzt = tl.load(gz_ptr + ((n * C + cw).to(tl.int64) * H * W)[:, None] + (rows * W + cols)[None, :],
                       mask=cmask[:, None] & inside, other=0.0)
@@ -259,14 +265,13 @@ def _params_input(gm, ptr, n, Ci, first, C, O, rows, cols, H, W, dww_ptr, dwb_pt
 @autotune(_PARAMS_CONFIGS, key=["W", "C1", "C2", "O"])
 @triton.jit
 def _dsconv_bwd_params(g_ptr, y_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, part_ptr, H, W, C1, C2, O,
-                       ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr,
+                       ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
                        BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """Partial sums of the four parameter gradients over a run of tiles, into this program's row."""
     n = tl.program_id(1)
     C = C1 + C2
     part = part_ptr + (n * tl.num_programs(0) + tl.program_id(0)).to(tl.int64) * (O * C + O + 10 * C)
-    oo = tl.arange(0, BLOCK_O)
-    omask = oo < O
+    oo, omask = _channels(0, O, BLOCK_O, WHOLE)
     first, last = _run(BLOCK_H, BLOCK_W, H, W)
     for tile in range(first, last):
         rows, cols = _tile(tile, W, BLOCK_H, BLOCK_W)
@@ -275,9 +280,9 @@ def _dsconv_bwd_params(g_ptr, y_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, pa
         update = tl.full([1], tile, tl.int32) > first  # [1]: a scalar mask trips the interpreter
         _accumulate(part + O * C + oo, tl.sum(gm, 0), omask, update)
         _params_input(gm, x_ptr, n, C1, 0, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
-                      omask, COMPUTE, CHUNK)
+                      omask, COMPUTE, CHUNK, WHOLE)
         _params_input(gm, x2_ptr, n, C2, C1, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
-                      omask, COMPUTE, CHUNK)
+                      omask, COMPUTE, CHUNK, WHOLE)
         tl.debug_barrier()  # the partial sums just stored are read back by other threads of the program
 
 
@@ -321,7 +326,10 @@ def _prepare(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation):
     c2 = 0 if x2 is None else x2.shape[1]
     x2 = x if x2 is None else x2.contiguous()
     o = pw_weight.shape[0]
-    consts = dict(COMPUTE=tl.float64 if x.dtype == torch.float64 else tl.float32, CHUNK=_CHUNK, BLOCK_O=_block(o))
+    # every channel count whole chunks, and the outputs one whole block: no channel masks (the model's
+    # 32- and 64-channel layers)
+    whole = x.shape[1] % _CHUNK == 0 and c2 % _CHUNK == 0 and o == _block(o)
+    consts = dict(COMPUTE=tl.float64 if x.dtype == torch.float64 else tl.float32, CHUNK=_CHUNK, WHOLE=whole)
     return x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, consts
 
 
@@ -333,7 +341,7 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
     y = x.new_empty(n, o, H, W)
     grid = lambda meta: (triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
     launch(_dsconv_fwd, grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o,
-           ACTIVATION=activation, **consts)
+           ACTIVATION=activation, BLOCK_O=_block(o), **consts)
     return y
 
 
@@ -354,13 +362,13 @@ def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tens
     tiles = lambda meta: triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"])  # noqa: E731
     gz = torch.empty((n, c, H, W), device=x.device, dtype=compute)
     launch(_dsconv_bwd_dz, lambda meta: (tiles(meta), n), grad, out, pw_weight, gz, H, W, c1, c2, o,
-           ACTIVATION=activation, COMPUTE=consts["COMPUTE"], CHUNK=_CHUNK)
+           ACTIVATION=activation, BLOCK_O=_block(o), **consts)
     # programs per image: no more runs than the coarsest config has tiles, so that none is empty
     programs = min(triton.cdiv(min(tiles(k.kwargs) for k in _PARAMS_CONFIGS), _MIN_RUN),
                    triton.cdiv(_PARTIAL_PROGRAMS, n))
     part = torch.empty((n * programs, o * c + o + 10 * c), device=x.device, dtype=compute)
     launch(_dsconv_bwd_params, (programs, n), grad, out, x, x2, dw_weight, dw_bias, gz, part, H, W, c1, c2, o,
-           ACTIVATION=activation, **consts)
+           ACTIVATION=activation, BLOCK_O=_block(o), **consts)
     gx = torch.empty_like(x)
     gx2 = torch.empty_like(x2) if has_x2 else gx  # gx standing in: never written
     launch(_dsconv_bwd_input, lambda meta: (tiles(meta), c, n), gz, dw_weight, gx, gx2, H, W, c1, c2,
