@@ -1,10 +1,11 @@
 """LE curve: 8 steps of x + r (x^2 - x) per pixel, with the align_corners=True bilinear upsample
 of a smaller r fused in. float32/float16/bfloat16 I/O, computed in float32 (float64 in float64).
 
-Forward: one read of x (and of r's few rows, cached), one write of y. Backward: one read of the
-gradient and x, one write of dL/dx and of the full-size factor gradient; where r is smaller, two
-small gather kernels fold that gradient back to r's size (the upsample's adjoint, in a fixed
-order: no atomics, the same result every run).
+Forward: one read of x (and of r's few rows: each program reads the stretch of r's two source
+rows under its columns once, blends them, and gathers each pixel's taps from registers), one
+write of y. Backward: one read of the gradient and x, one write of dL/dx and of the full-size
+factor gradient; where r is smaller, two small gather kernels fold that gradient back to r's size
+(the upsample's adjoint, in a fixed order: no atomics, the same result every run).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import triton.language as tl
 
 from ._runtime import autotune, launch
 
-_ROW_CONFIGS = [triton.Config({"BLOCK_W": bw}, num_warps=nw) for bw, nw in ((256, 2), (1024, 4), (2048, 8))]
+_ROW_CONFIGS = [triton.Config({"BLOCK_W": bw}, num_warps=nw) for bw, nw in ((256, 2), (1024, 4), (2048, 4))]
 
 
 @triton.jit
@@ -27,13 +28,17 @@ def _div_rn(a, b, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _source(out_index, in_size, out_size, COMPUTE: tl.constexpr):
-    """align_corners=True taps of output index (a tensor or scalar): (i0, i1, weight of i1), as PyTorch.
+def _scale(in_size, out_size, COMPUTE: tl.constexpr):
+    """align_corners=True source step per output index, rounded as PyTorch's: an approximate division's
+    last-bit error, times a 4K frame's column index, moved the taps by 3e-5 of a pixel (measured on an
+    H100)."""
+    return tl.where(out_size > 1, _div_rn(tl.cast(in_size - 1, COMPUTE), tl.cast(out_size - 1, COMPUTE), COMPUTE),
+                    0.0)
 
-    The scale is rounded as PyTorch's: an approximate division's last-bit error, times a 4K frame's
-    column index, moved the taps by 3e-5 of a pixel (measured on an H100)."""
-    scale = tl.where(out_size > 1, _div_rn(tl.cast(in_size - 1, COMPUTE), tl.cast(out_size - 1, COMPUTE), COMPUTE),
-                     0.0)
+
+@triton.jit
+def _taps(out_index, scale, in_size, COMPUTE: tl.constexpr):
+    """The taps of output index (a tensor or scalar) at ``scale``: (i0, i1, weight of i1), as PyTorch."""
     src = scale * tl.cast(out_index, COMPUTE)
     i0 = tl.cast(src, tl.int32)
     i1 = i0 + tl.where(i0 < in_size - 1, 1, 0)
@@ -41,18 +46,41 @@ def _source(out_index, in_size, out_size, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _factors(r_ptr, plane, i, cols, mask, H, W, h, w, UPSAMPLE: tl.constexpr, COMPUTE: tl.constexpr):
-    """r at output row i, columns cols, of one plane: read, or bilinearly upsampled from (h, w)."""
+def _source(out_index, in_size, out_size, COMPUTE: tl.constexpr):
+    """align_corners=True taps of output index (a tensor or scalar): (i0, i1, weight of i1), as PyTorch."""
+    return _taps(out_index, _scale(in_size, out_size, COMPUTE), in_size, COMPUTE)
+
+
+@triton.constexpr_function
+def _span(block, shrink):
+    """r's columns under a block of output columns (a power of 2), r at least ``shrink`` times narrower."""
+    return triton.next_power_of_2(block // shrink + 2)
+
+
+@triton.jit
+def _factors(r_ptr, plane, i, cols, mask, H, W, h, w, UPSAMPLE: tl.constexpr, SHRINK: tl.constexpr,
+             COMPUTE: tl.constexpr, BLOCK_W: tl.constexpr):
+    """r at output row i, columns cols (a block of BLOCK_W), of one plane: read, or bilinearly upsampled
+    from (h, w), r at least SHRINK times narrower (w - 1 <= (W - 1) / SHRINK). Upsampled, the two
+    source rows' few columns under the block are read once and blended vertically, then each
+    column's two taps are gathered from registers: four gathers from memory per pixel, with their
+    address arithmetic, made the 4K forward instruction-bound. (PyTorch blends horizontally first:
+    the same value to a rounding.)"""
     if UPSAMPLE:
         y0, y1, wy = _source(i, h, H, COMPUTE)
-        x0, x1, wx = _source(cols, w, W, COMPUTE)
-        base = r_ptr + plane.to(tl.int64) * h * w
-        r00 = tl.load(base + y0 * w + x0, mask=mask, other=0.0).to(COMPUTE)
-        r01 = tl.load(base + y0 * w + x1, mask=mask, other=0.0).to(COMPUTE)
-        r10 = tl.load(base + y1 * w + x0, mask=mask, other=0.0).to(COMPUTE)
-        r11 = tl.load(base + y1 * w + x1, mask=mask, other=0.0).to(COMPUTE)
-        # PyTorch's order: h0 * (w0 * r00 + w1 * r01) + h1 * (w0 * r10 + w1 * r11)
-        return (1 - wy) * ((1 - wx) * r00 + wx * r01) + wy * ((1 - wx) * r10 + wx * r11)
+        scale = _scale(w, W, COMPUTE)
+        x0, x1, wx = _taps(cols, scale, w, COMPUTE)
+        first, _, _ = _taps(tl.program_id(1) * BLOCK_W, scale, w, COMPUTE)
+        _, end, _ = _taps(tl.minimum(tl.program_id(1) * BLOCK_W + BLOCK_W, W) - 1, scale, w, COMPUTE)
+        j = tl.arange(0, _span(BLOCK_W, SHRINK))
+        under = first + j <= end  # the columns the block reads, no more
+        base = r_ptr + plane.to(tl.int64) * h * w + first + j
+        blend = (1 - wy) * tl.load(base + y0 * w, mask=under, other=0.0).to(COMPUTE) \
+            + wy * tl.load(base + y1 * w, mask=under, other=0.0).to(COMPUTE)
+        last = _span(BLOCK_W, SHRINK) - 1  # columns past W (masked) may look past the span
+        a = tl.gather(blend, tl.minimum(x0 - first, last), 0)
+        b = tl.gather(blend, tl.minimum(x1 - first, last), 0)
+        return (1 - wx) * a + wx * b
     else:
         return tl.load(r_ptr + (plane.to(tl.int64) * H + i) * W + cols, mask=mask, other=0.0).to(COMPUTE)
 
@@ -60,14 +88,14 @@ def _factors(r_ptr, plane, i, cols, mask, H, W, h, w, UPSAMPLE: tl.constexpr, CO
 @autotune(_ROW_CONFIGS, key=["W"])
 @triton.jit
 def _le_curve_fwd(x_ptr, r_ptr, y_ptr, H, W, h, w, ITERATIONS: tl.constexpr, UPSAMPLE: tl.constexpr,
-                  COMPUTE: tl.constexpr, BLOCK_W: tl.constexpr):
+                  SHRINK: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_W: tl.constexpr):
     row = tl.program_id(0)  # plane * H + i
     plane, i = row // H, row % H
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = cols < W
     offs = row.to(tl.int64) * W + cols
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-    r = _factors(r_ptr, plane, i, cols, mask, H, W, h, w, UPSAMPLE, COMPUTE)
+    r = _factors(r_ptr, plane, i, cols, mask, H, W, h, w, UPSAMPLE, SHRINK, COMPUTE, BLOCK_W)
     for _ in tl.static_range(ITERATIONS):
         x = x + r * (x * x - x)
     tl.store(y_ptr + offs, x, mask=mask)
@@ -76,14 +104,14 @@ def _le_curve_fwd(x_ptr, r_ptr, y_ptr, H, W, h, w, ITERATIONS: tl.constexpr, UPS
 @autotune(_ROW_CONFIGS, key=["W"])
 @triton.jit
 def _le_curve_bwd(g_ptr, x_ptr, r_ptr, gx_ptr, gr_ptr, H, W, h, w, ITERATIONS: tl.constexpr,
-                  UPSAMPLE: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_W: tl.constexpr):
+                  UPSAMPLE: tl.constexpr, SHRINK: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_W: tl.constexpr):
     row = tl.program_id(0)
     plane, i = row // H, row % H
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = cols < W
     offs = row.to(tl.int64) * W + cols
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-    r = _factors(r_ptr, plane, i, cols, mask, H, W, h, w, UPSAMPLE, COMPUTE)
+    r = _factors(r_ptr, plane, i, cols, mask, H, W, h, w, UPSAMPLE, SHRINK, COMPUTE, BLOCK_W)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     gr = tl.zeros_like(x)
     # walk the steps back; each step's input is recomputed from x (registers only, no step storage)
@@ -148,6 +176,13 @@ def _check(x: torch.Tensor, r: torch.Tensor) -> None:
                         f"got {x.dtype} and {r.dtype}")
 
 
+def _shrink(W: int, w: int) -> int:
+    """How many times narrower r (w columns, at most W) is than x, at least, as a power of 2 (few
+    compiled variants; at most 1024)."""
+    ratio = (W - 1) // (w - 1) if w > 1 else 1024
+    return 1 << (min(ratio, 1024).bit_length() - 1)
+
+
 def le_curve(x: torch.Tensor, r: torch.Tensor, iterations: int) -> torch.Tensor:
     _check(x, r)
     x, r = x.contiguous(), r.contiguous()
@@ -156,7 +191,7 @@ def le_curve(x: torch.Tensor, r: torch.Tensor, iterations: int) -> torch.Tensor:
     y = torch.empty_like(x)
     grid = lambda meta: (n * c * H, triton.cdiv(W, meta["BLOCK_W"]))  # noqa: E731
     launch(_le_curve_fwd, grid, x, r, y, H, W, h, w, ITERATIONS=iterations, UPSAMPLE=(h, w) != (H, W),
-           COMPUTE=_compute(x.dtype))
+           SHRINK=_shrink(W, w), COMPUTE=_compute(x.dtype))
     return y
 
 
@@ -173,7 +208,7 @@ def le_curve_backward(grad: torch.Tensor, x: torch.Tensor, r: torch.Tensor, iter
     grid = lambda meta: (n * c * H, triton.cdiv(W, meta["BLOCK_W"]))  # noqa: E731
     compute = _compute(x.dtype)
     launch(_le_curve_bwd, grid, grad, x, r, gx, gr_full, H, W, h, w, ITERATIONS=iterations, UPSAMPLE=upsample,
-           COMPUTE=compute)
+           SHRINK=_shrink(W, w), COMPUTE=compute)
     if not upsample:
         return gx, gr_full
     rows = torch.empty((n * c, h, W), device=x.device, dtype=gr_full.dtype)
