@@ -100,6 +100,16 @@ def test_every_launched_kernel_builds_for_sm80_and_sm90(specs):
     assert not failures, "\n".join(failures)
 
 
+def test_sass_stats_reads_the_loops_of_a_build(specs):
+    """benchmarks/sass_stats.py (instructions and loops of the builds, quoted in the README) on a real
+    cubin: the dsconv2d forward loops over chunks of channels."""
+    import triton_aot
+    from benchmarks import sass_stats
+    forward = next(s for s in specs if s.name == "_dsconv_fwd")
+    total, bodies = sass_stats.loops(triton_aot.cuobjdump(triton_aot.compile_for(forward, 90), "-sass"))
+    assert total > 100 and bodies and all(0 < b < total for b in bodies), (total, bodies)
+
+
 def _write_table(rows, failures) -> None:
     lines = ["# Triton kernels compiled ahead of time (no GPU)", "",
              "Written by `pytest -m aot` (tests/test_triton_aot.py): every specialisation the dispatch "

@@ -39,16 +39,23 @@ def specialisations(drive) -> set:
     return specs
 
 
-def build(spec, capability: int) -> Build:
+def compile_for(spec, capability: int):
+    """``triton.compile`` of one specialisation for sm_<capability>: no GPU, no driver."""
     source = ASTSource(fn=spec.kernel, signature=dict(spec.signature), constexprs=dict(spec.constexprs))
-    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
-                              options=spec.options)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=spec.options)
+
+
+def cuobjdump(compiled, *flags: str) -> str:
+    """cuobjdump's output on a compiled kernel's cubin (e.g. --dump-resource-usage, -sass)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                               check=True).stdout
-    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
+        return subprocess.run([CUOBJDUMP, *flags, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def build(spec, capability: int) -> Build:
+    compiled = compile_for(spec, capability)
+    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", cuobjdump(compiled, "--dump-resource-usage")))
     # Triton's shared memory is dynamic: the launch asks for metadata.shared bytes
     return Build(capability, int(fields["REG"]), int(fields["SHARED"]) + compiled.metadata.shared,
                  int(fields["STACK"]), int(fields["LOCAL"]))
