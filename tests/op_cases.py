@@ -2,6 +2,8 @@
 (test_triton.py, test_cuda_emu.py): odd sizes, half precision checked against the float64 truth."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 import sgllie.ops as ops
@@ -65,20 +67,33 @@ def outputs_and_grads(fn, inputs, seed=0):
     return [o.detach() for o in outs] + list(torch.autograd.grad(outs, leaves, cot))
 
 
-def truth(ref, inputs):
-    """The reference in float64 on the same inputs, in their dtype: the colour loss is ill-conditioned
-    enough that the float32 reference itself strays beyond float32 tolerance of the truth."""
-    return [t.to(inputs[0].dtype) for t in outputs_and_grads(ref, [t.double() for t in inputs])]
+class Truth(NamedTuple):
+    value: torch.Tensor
+    slack: float  # the float32 reference's own largest error here: what the op's conditioning costs
 
 
-def assert_close(got, want, dtype, what):
+def truth(ref, inputs) -> list[Truth]:
+    """The reference in float64 on the same inputs, in their dtype; for float32 inputs, with the
+    largest error of the reference itself run in float32 (on the CPU: no TF32). Some cases are
+    ill-conditioned enough that float32 cannot meet float32 tolerance of the truth: the colour loss,
+    and le_curve's factor gradient, where the steps' derivatives multiply (the float32 reference
+    misses the tolerance on one random input in eight)."""
+    dtype = inputs[0].dtype
+    exact = outputs_and_grads(ref, [t.double() for t in inputs])
+    own = outputs_and_grads(ref, [t.cpu() for t in inputs]) if dtype == torch.float32 else None
+    return [Truth(e.to(dtype), 0.0 if own is None else float((o.double() - e.cpu()).abs().max()))
+            for e, o in zip(exact, own or exact, strict=True)]
+
+
+def assert_close(got, want: list[Truth], dtype, what):
     """Each tensor within dtype's tolerance, atol relative to its largest value (loss gradients
     are ~1/numel: an absolute half-precision atol would accept anything), but never below one
-    step of the dtype's subnormals (float16 holds a 1e-6 gradient to 6e-8 only)."""
+    step of the dtype's subnormals (float16 holds a 1e-6 gradient to 6e-8 only), nor below twice
+    the float32 reference's own error: no worse than plain PyTorch in float32."""
     rtol, atol = TOLERANCES[dtype]
     finfo = torch.finfo(dtype)
-    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+    for k, (a, (b, slack)) in enumerate(zip(got, want, strict=True)):
         assert a.dtype == dtype, f"{what}[{k}]: dtype {a.dtype}, expected {dtype}"
-        atol_k = max(atol * max(float(b.abs().max()), 1e-30), finfo.tiny * finfo.eps)
+        atol_k = max(atol * max(float(b.abs().max()), 1e-30), finfo.tiny * finfo.eps, 2 * slack)
         torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol_k,
                                    msg=lambda m: f"{what}[{k}]: {m}")
