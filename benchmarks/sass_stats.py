@@ -60,8 +60,9 @@ def main() -> None:
     for spec in sorted(triton_aot.specialisations(_drive), key=lambda s: (s.name, s.config_str())):
         if args.name not in spec.name:
             continue
-        build = triton_aot.build(spec, args.arch)
-        total, bodies = loops(triton_aot.cuobjdump(triton_aot.compile_for(spec, args.arch), "-sass"))
+        compiled = triton_aot.compile_for(spec, args.arch)
+        build = triton_aot.resources(compiled, args.arch)
+        total, bodies = loops(triton_aot.cuobjdump(compiled, "-sass"))
         dtypes = ",".join(sorted({t[1:] for _, t in spec.signature if t.startswith("*")}))
         print(f"| {spec.name} | {spec.config_str()} | {dtypes} | {build.registers} | {build.shared} | {total} | "
               f"{', '.join(map(str, bodies)) or '-'} |", flush=True)

@@ -93,6 +93,13 @@ def _chunk(ptr, n, C, c0, H, W, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
     return ptr + (n * C + ch).to(tl.int64) * H * W, ch, cmask
 
 
+@triton.jit
+def _outputs(n, O, oo, omask, rows, cols, H, W):
+    """Offsets and mask of a tile's outputs in an (N, O, H, W) tensor: [pixels, outputs]."""
+    return (((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
+            ((rows < H) & (cols < W))[:, None] & omask[None, :])
+
+
 # The helpers below take channel-indexed tensors (planes, ch, cmask) along one axis and pixel-indexed
 # ones (rows, cols) along the other: [pixels, channels] or [channels, pixels], whichever the caller's
 # tl.dot wants, so that no tile is ever transposed in registers.
@@ -174,8 +181,8 @@ def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, 
         y = tl.where(y < 0, 0.0, y)  # NaN stays NaN, as F.relu
     elif ACTIVATION == "tanh":
         y = _tanh(y)
-    out = y_ptr + ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None]
-    tl.store(out, y, mask=((rows < H) & (cols < W))[:, None] & omask[None, :])
+    offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
+    tl.store(y_ptr + offs, y, mask=mask)
 
 
 @triton.jit
@@ -232,8 +239,8 @@ def _dsconv_bwd_dz(g_ptr, y_ptr, pww_ptr, gz_ptr, H, W, C1, C2, O, ACTIVATION: t
     n = tl.program_id(1)
     rows, cols = _tile(tl.program_id(0), W, BLOCK_H, BLOCK_W)
     oo, omask = _channels(0, O, BLOCK_O, WHOLE)
-    gm = _grad_pre(g_ptr, y_ptr, ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
-                   ((rows < H) & (cols < W))[:, None] & omask[None, :], ACTIVATION, COMPUTE)
+    offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
+    gm = _grad_pre(g_ptr, y_ptr, offs, mask, ACTIVATION, COMPUTE)
     _dz_input(gm, n, C1, 0, C1 + C2, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE, CHUNK, WHOLE)
     _dz_input(gm, n, C2, C1, C1 + C2, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE, CHUNK, WHOLE)
 
@@ -279,8 +286,8 @@ def _dsconv_bwd_params(g_ptr, y_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, pa
     first, last = _run(BLOCK_H, BLOCK_W, H, W)
     for tile in range(first, last):
         rows, cols = _tile(tile, W, BLOCK_H, BLOCK_W)
-        gm = _grad_pre(g_ptr, y_ptr, ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
-                       ((rows < H) & (cols < W))[:, None] & omask[None, :], ACTIVATION, COMPUTE)
+        offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
+        gm = _grad_pre(g_ptr, y_ptr, offs, mask, ACTIVATION, COMPUTE)
         update = tl.full([1], tile, tl.int32) > first  # [1]: a scalar mask trips the interpreter
         _accumulate(part + O * C + oo, tl.sum(gm, 0), omask, update)
         _params_input(gm, x_ptr, n, C1, 0, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,

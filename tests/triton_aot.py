@@ -54,7 +54,11 @@ def cuobjdump(compiled, *flags: str) -> str:
 
 
 def build(spec, capability: int) -> Build:
-    compiled = compile_for(spec, capability)
+    return resources(compile_for(spec, capability), capability)
+
+
+def resources(compiled, capability: int) -> Build:
+    """Registers, shared memory, stack and local memory of a compiled kernel, from its cubin."""
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", cuobjdump(compiled, "--dump-resource-usage")))
     # Triton's shared memory is dynamic: the launch asks for metadata.shared bytes
     return Build(capability, int(fields["REG"]), int(fields["SHARED"]) + compiled.metadata.shared,
