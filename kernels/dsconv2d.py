@@ -4,10 +4,11 @@ from the two tensors (never built). float32/float16/bfloat16 I/O computed in flo
 float64.
 
 Programs own 2-D tiles of pixels of one image (2-D, so that the 3x3 halo re-read stays small),
-flattened to BLOCK_H * BLOCK_W lanes. Channels go CHUNK = 8 at a time (the smallest K of a float32
-tl.dot; masked, unless every channel count is whole chunks): a tile of the depthwise output z, then
-one tl.dot with 8 rows of the pointwise weights; outputs are masked up to BLOCK_O >= 16. A chunk's
-nine taps are loaded together: 8 channels keep them in registers, where 16 held one tap at a time.
+flattened to BLOCK_H * BLOCK_W lanes. The forward's channels go CHUNK = 8 at a time (the smallest K
+of a float32 tl.dot; masked, unless every channel count is whole chunks): a tile of the depthwise
+output z, then one tl.dot with 8 rows of the pointwise weights; outputs are masked up to BLOCK_O >=
+16. A chunk's nine taps are loaded together: 8 channels keep them in registers, where 16 held one
+tap at a time. The backward kernels have chunks of their own (_DZ_CHUNK, _PARAMS_CHUNK).
 float32 products run on the tensor cores as 3xTF32 (each operand split into a TF32 high part and a
 TF32 remainder, three TF32 products summed: float32 accuracy, where PyTorch's default TF32 conv
 keeps 10 bits; the interpreter tests round as the tensor cores do: tests/tensor_cores.py); float64
@@ -19,9 +20,9 @@ Triton keeps every tl.dot operand, and every layout a tile is used in, in regist
 dL/d(pre-activation) is formed where it is loaded, from the incoming gradient and the forward's
 output y (relu' = [y > 0], tanh' = 1 - y^2), so the forward is never recomputed for it:
 - dz: dL/dz = gm W into a float32 scratch (N, C, H, W);
-- params: z recomputed, partial sums of all four parameter gradients (z^T gm, gm, gz * x shifted,
-  gz) over a run of tiles, added into the program's own row: the host sums the rows in a fixed
-  order (no atomics, the same result every run);
+- params: z recomputed, the four parameter gradients (gm^T z, gm, gz * x shifted, gz) summed over
+  a run of tiles, per pixel lane, then over the lanes once into the program's own row: the host
+  sums the rows in a fixed order (no atomics, the same result every run);
 - input: the transposed depthwise of dL/dz, written to dL/dx and dL/dx2.
 """
 from __future__ import annotations
@@ -30,30 +31,36 @@ import torch
 import triton
 import triton.language as tl
 
+from sgllie.ops import _backends
 from sgllie.ops.reference import require_output
 
 from ._runtime import autotune, launch
 
 
-def _configs(*shapes, stages=3, maxnreg=None):
-    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw, num_stages=stages, maxnreg=maxnreg)
+def _configs(*shapes, stages=3):
+    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw, num_stages=stages)
             for bh, bw, nw in shapes]
 
 
 # (BLOCK_H, BLOCK_W, num_warps), each list checked to build with no spills for sm_80 and sm_90 in
 # every dtype. An "ieee" tl.dot (float64) holds its operands' whole K in registers: the pixels are the M
-# of the forward's products but the K of the params kernel's z^T gm, whose tiles stay small.
-# Register caps only where ptxas needs one: left to itself it keeps the params kernel in float64 at
-# 64-80 registers with a value or two on the stack; a cap lets it use what it needs. Elsewhere a cap
-# of 255 makes it take nearly all 255 (one block per SM) where it otherwise settles at 128 (two).
+# of the forward's products but the K of the params kernel's gm^T z, whose tiles stay small. No
+# register caps: with one ptxas takes nearly all it is allowed (e.g. 158 of 168 where it otherwise
+# settles at 128: three blocks per SM instead of four).
 _FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))
 # dz: its loop prefetches only pointwise weights: 2 stages.
 _DZ_CONFIGS = _configs((4, 16, 8), (8, 16, 4), (16, 16, 8), stages=2)
-_PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4), maxnreg=168)
+# params: 1 stage: pipelined, its masked gathers went through shared memory (+15% instructions)
+_PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1)
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
+# channels per tl.dot: the forward's, its nine taps' loads in flight together in registers
 _CHUNK = 8
-# the params kernel's: its fixed cost per chunk (ten reductions over the tile's pixels) is paid half
-# as often; ~20% fewer instructions per pixel than 8, where it has registers to spare
+# dz's: a tile's gm is the first operand of every chunk's product, reloaded from shared memory for
+# each: 44% fewer instructions with all 32 channels in one than with 8
+_DZ_CHUNK = 32
+_INTERPRETED = tl.constexpr(_backends.triton_interpreting())  # read at import, as Triton reads it
+# params': a tile's gm is loaded, split for 3xTF32 and converted for the dot once per chunk; 16
+# channels need 23% fewer instructions per pixel than 8 at four blocks per SM (32: 30% fewer, two)
 _PARAMS_CHUNK = 16
 # params programs over all images: enough to fill the GPU, few enough that their rows of partial
 # sums stay small at any image size; and runs of _MIN_RUN tiles at least, neighbours sharing halos
@@ -65,6 +72,19 @@ _MIN_RUN = 4
 def _precision(compute):
     """tl.dot's input precision for a compute type (the interpreter ignores it: its products are exact)."""
     return "ieee" if compute == tl.float64 else "tf32x3"
+
+
+@triton.jit
+def _pinned(x, COMPUTE: tl.constexpr):
+    """x, kept in the layout it is computed in: a copy that Triton may not duplicate. Where an
+    elementwise chain of loads feeds a small (mma v2) tl.dot, Triton otherwise recomputes the whole
+    chain, loads included, in the dot operand's layout (replicated across warps: 4x the work)."""
+    if not _INTERPRETED:  # (no inline assembly there)
+        if COMPUTE == tl.float64:
+            x = tl.inline_asm_elementwise("mov.b64 $0, $1;", "=l,l", [x], dtype=tl.float64, is_pure=False, pack=1)
+        else:
+            x = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=False, pack=1)
+    return x
 
 
 @triton.jit
@@ -211,13 +231,6 @@ def _run(BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, H, W):
 
 
 @triton.jit
-def _accumulate(ptr, value, mask, update):
-    """*ptr += value, or *ptr = value unless ``update`` (on a run's first tile). A row of partial
-    sums belongs to one program: a fixed order, no atomics."""
-    tl.store(ptr, value + tl.load(ptr, mask=mask & update, other=0.0), mask=mask)
-
-
-@triton.jit
 def _dz_input(gm, n, Ci, first, C, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE: tl.constexpr,
               CHUNK: tl.constexpr, WHOLE: tl.constexpr):
     """One input's share of a dz tile, from the tile's gm: its Ci channels are channels first.. of [x, x2]."""
@@ -246,31 +259,45 @@ def _dsconv_bwd_dz(g_ptr, y_ptr, pww_ptr, gz_ptr, H, W, C1, C2, O, ACTIVATION: t
 
 
 @triton.jit
-def _params_input(gm, ptr, n, Ci, first, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
-                  omask, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
-    """One input's share of a params tile, channels-first: z^T gm needs no transpose in registers."""
-    inside = ((rows < H) & (cols < W))[None, :]
+def _params_input(ptr, g_ptr, y_ptr, n, Ci, first, C, O, H, W, dww_ptr, dwb_ptr, gz_ptr, part, tile0, tile1, oo,
+                  omask, ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
+                  BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """One input's share of the program's row of partial sums, its channels CHUNK at a time over the
+    whole run of tiles: every product is summed per pixel lane and reduced over the lanes once, at
+    the run's end (a reduction per tile would cost more than the products). dL/d(pointwise weights)
+    as gm^T z: [outputs, channels], as the row stores it."""
     for c0 in range(0, Ci, CHUNK):
         planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE)
         cw = first + ch
-        gzt = tl.load(gz_ptr + ((n * C + cw).to(tl.int64) * H * W)[:, None] + (rows * W + cols)[None, :],
-                      mask=cmask[:, None] & inside, other=0.0)
-        # z and dL/d(depthwise weights) = sum over pixels of gz * x shifted, from the same loads;
-        # the latter as [channels, 16]: 9 taps, the bias, padding
-        taps = tl.arange(0, 16)[None, :]
-        dw = tl.where(taps == 9, tl.sum(gzt, 1)[:, None], 0.0)
-        zt = tl.load(dwb_ptr + cw, mask=cmask, other=0.0).to(COMPUTE)[:, None] + tl.zeros_like(gzt)
-        for t in range(9):
-            x = _shifted(planes[:, None], cmask[:, None], rows[None, :], cols[None, :], t // 3 - 1, t % 3 - 1,
-                         H, W, COMPUTE)
-            zt += tl.load(dww_ptr + cw * 9 + t, mask=cmask, other=0.0).to(COMPUTE)[:, None] * x
-            dw += tl.where(taps == t, tl.sum(gzt * x, 1)[:, None], 0.0)
-        _accumulate(part + O * C + O + taps * C + cw[:, None], dw, cmask[:, None] & (taps < 10), update)
-        pw = part + cw[:, None] + oo[None, :] * C
-        pw_mask = cmask[:, None] & omask[None, :]
-        pw_sum = tl.dot(zt, gm, tl.load(pw, mask=pw_mask & update, other=0.0), input_precision=_precision(COMPUTE),
-                        out_dtype=COMPUTE)
-        tl.store(pw, pw_sum, mask=pw_mask)
+        gz_planes = gz_ptr + (n * C + cw).to(tl.int64) * H * W
+        # per lane: gz * x shifted by each tap (the depthwise weights'), then gz (the bias's)
+        sums = ()
+        for t in tl.static_range(10):
+            sums = sums + (tl.zeros([CHUNK, BLOCK_H * BLOCK_W], COMPUTE),)
+        pw = tl.zeros([BLOCK_O, CHUNK], COMPUTE)
+        gm_sum = tl.zeros([BLOCK_O, BLOCK_H * BLOCK_W], COMPUTE)
+        for tile in range(tile0, tile1):
+            rows, cols = _tile(tile, W, BLOCK_H, BLOCK_W)
+            offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
+            gmt = _grad_pre(g_ptr, y_ptr, tl.trans(offs), tl.trans(mask), ACTIVATION, COMPUTE)
+            inside = ((rows < H) & (cols < W))[None, :]
+            gz = tl.load(gz_planes[:, None] + (rows * W + cols)[None, :], mask=cmask[:, None] & inside, other=0.0)
+            # the weights reloaded per tile (L1 hits): held across the run they cost 30 registers
+            z = tl.load(dwb_ptr + cw, mask=cmask, other=0.0).to(COMPUTE)[:, None] + tl.zeros_like(gz)
+            for t in tl.static_range(9):
+                x = _shifted(planes[:, None], cmask[:, None], rows[None, :], cols[None, :], t // 3 - 1, t % 3 - 1,
+                             H, W, COMPUTE)
+                z += tl.load(dww_ptr + cw * 9 + t, mask=cmask, other=0.0).to(COMPUTE)[:, None] * x
+                sums = sums[:t] + (sums[t] + gz * x,) + sums[t + 1:]
+            sums = sums[:9] + (sums[9] + gz,)
+            z = _pinned(z, COMPUTE)
+            pw = tl.dot(gmt, tl.trans(z), pw, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
+            gm_sum += gmt
+        tl.store(part + oo[:, None] * C + cw[None, :], pw, mask=omask[:, None] & cmask[None, :])
+        for t in tl.static_range(10):
+            tl.store(part + O * C + O + t * C + cw, tl.sum(sums[t], 1), mask=cmask)
+        if first + c0 == 0:  # the pointwise bias's: gm is the same for every chunk
+            tl.store(part + O * C + oo, tl.sum(gm_sum, 1), mask=omask)
 
 
 @autotune(_PARAMS_CONFIGS, key=["W", "C1", "C2", "O"])
@@ -278,23 +305,16 @@ def _params_input(gm, ptr, n, Ci, first, C, O, rows, cols, H, W, dww_ptr, dwb_pt
 def _dsconv_bwd_params(g_ptr, y_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, part_ptr, H, W, C1, C2, O,
                        ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
                        BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Partial sums of the four parameter gradients over a run of tiles, into this program's row."""
+    """The four parameter gradients summed over a run of tiles, into this program's row."""
     n = tl.program_id(1)
     C = C1 + C2
     part = part_ptr + (n * tl.num_programs(0) + tl.program_id(0)).to(tl.int64) * (O * C + O + 10 * C)
     oo, omask = _channels(0, O, BLOCK_O, WHOLE)
-    first, last = _run(BLOCK_H, BLOCK_W, H, W)
-    for tile in range(first, last):
-        rows, cols = _tile(tile, W, BLOCK_H, BLOCK_W)
-        offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
-        gm = _grad_pre(g_ptr, y_ptr, offs, mask, ACTIVATION, COMPUTE)
-        update = tl.full([1], tile, tl.int32) > first  # [1]: a scalar mask trips the interpreter
-        _accumulate(part + O * C + oo, tl.sum(gm, 0), omask, update)
-        _params_input(gm, x_ptr, n, C1, 0, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
-                      omask, COMPUTE, CHUNK, WHOLE)
-        _params_input(gm, x2_ptr, n, C2, C1, C, O, rows, cols, H, W, dww_ptr, dwb_ptr, gz_ptr, part, update, oo,
-                      omask, COMPUTE, CHUNK, WHOLE)
-        tl.debug_barrier()  # the partial sums just stored are read back by other threads of the program
+    tile0, tile1 = _run(BLOCK_H, BLOCK_W, H, W)
+    _params_input(x_ptr, g_ptr, y_ptr, n, C1, 0, C, O, H, W, dww_ptr, dwb_ptr, gz_ptr, part, tile0, tile1, oo,
+                  omask, ACTIVATION, COMPUTE, CHUNK, WHOLE, BLOCK_O, BLOCK_H, BLOCK_W)
+    _params_input(x2_ptr, g_ptr, y_ptr, n, C2, C1, C, O, H, W, dww_ptr, dwb_ptr, gz_ptr, part, tile0, tile1, oo,
+                  omask, ACTIVATION, COMPUTE, CHUNK, WHOLE, BLOCK_O, BLOCK_H, BLOCK_W)
 
 
 @autotune(_PLANE_CONFIGS, key=["W"])
@@ -326,7 +346,7 @@ def _block(c: int) -> int:
 
 def _prepare(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation):
     """Contiguous tensors, x2 (x standing in when absent: never read), C2, O, the activation and the
-    common constexprs."""
+    compute type (constexpr)."""
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise TypeError(f"sgllie.kernels.dsconv2d: float32/float16/bfloat16/float64 tensors, got {x.dtype}")
     activation = activation or "none"
@@ -337,8 +357,8 @@ def _prepare(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation):
     c2 = 0 if x2 is None else x2.shape[1]
     x2 = x if x2 is None else x2.contiguous()
     o = pw_weight.shape[0]
-    consts = dict(COMPUTE=tl.float64 if x.dtype == torch.float64 else tl.float32, **_chunks(x.shape[1], c2, o, _CHUNK))
-    return x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, consts
+    compute = tl.float64 if x.dtype == torch.float64 else tl.float32
+    return x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, compute
 
 
 def _chunks(c1: int, c2: int, o: int, chunk: int) -> dict:
@@ -349,13 +369,13 @@ def _chunks(c1: int, c2: int, o: int, chunk: int) -> dict:
 
 def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw_weight: torch.Tensor,
              pw_bias: torch.Tensor, x2: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
-    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, consts = _prepare(
+    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, compute = _prepare(
         x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)
     n, c1, H, W = x.shape
     y = x.new_empty(n, o, H, W)
     grid = lambda meta: (triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
     launch(_dsconv_fwd, grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o,
-           ACTIVATION=activation, BLOCK_O=_block(o), **consts)
+           ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _CHUNK))
     return y
 
 
@@ -365,28 +385,28 @@ def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tens
     """Returns (grad_x, grad_x2 or None, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias).
     ``out``: the forward's output, needed with an activation."""
     has_x2 = x2 is not None
-    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, consts = _prepare(
+    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, compute = _prepare(
         x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)
     grad = grad.contiguous().to(x.dtype)
     # grad standing in for out without an activation: never read
     out = grad if activation == "none" else require_output(out, activation).contiguous().to(x.dtype)
     n, c1, H, W = x.shape
     c = c1 + c2
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    scratch = torch.float64 if x.dtype == torch.float64 else torch.float32
     tiles = lambda meta: triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"])  # noqa: E731
-    gz = torch.empty((n, c, H, W), device=x.device, dtype=compute)
+    gz = torch.empty((n, c, H, W), device=x.device, dtype=scratch)
     launch(_dsconv_bwd_dz, lambda meta: (tiles(meta), n), grad, out, pw_weight, gz, H, W, c1, c2, o,
-           ACTIVATION=activation, BLOCK_O=_block(o), **consts)
+           ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _DZ_CHUNK))
     # programs per image: no more runs than the coarsest config has tiles, so that none is empty
     programs = min(triton.cdiv(min(tiles(k.kwargs) for k in _PARAMS_CONFIGS), _MIN_RUN),
                    triton.cdiv(_PARTIAL_PROGRAMS, n))
-    part = torch.empty((n * programs, o * c + o + 10 * c), device=x.device, dtype=compute)
+    part = torch.empty((n * programs, o * c + o + 10 * c), device=x.device, dtype=scratch)
     launch(_dsconv_bwd_params, (programs, n), grad, out, x, x2, dw_weight, dw_bias, gz, part, H, W, c1, c2, o,
-           ACTIVATION=activation, BLOCK_O=_block(o), COMPUTE=consts["COMPUTE"], **_chunks(c1, c2, o, _PARAMS_CHUNK))
+           ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _PARAMS_CHUNK))
     gx = torch.empty_like(x)
     gx2 = torch.empty_like(x2) if has_x2 else gx  # gx standing in: never written
     launch(_dsconv_bwd_input, lambda meta: (tiles(meta), c, n), gz, dw_weight, gx, gx2, H, W, c1, c2,
-           COMPUTE=consts["COMPUTE"])
+           COMPUTE=compute)
     part = part.sum(0)  # a fixed order: deterministic
     g_pw_weight = part[:o * c].view(pw_weight.shape)
     g_pw_bias = part[o * c:o * c + o]
