@@ -88,11 +88,13 @@ def _pinned(x, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _tile(tile, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Rows and columns (1-D, BLOCK_H * BLOCK_W) of the pixels of tile number ``tile``."""
+def _tile(tile, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Rows and columns (1-D, BLOCK_H * BLOCK_W) of the pixels of tile number ``tile``, and whether
+    the tile and its halo lie inside the image (no tap needs a mask)."""
     tiles_w = tl.cdiv(W, BLOCK_W)
+    r0, c0 = (tile // tiles_w) * BLOCK_H, (tile % tiles_w) * BLOCK_W
     p = tl.arange(0, BLOCK_H * BLOCK_W)
-    return (tile // tiles_w) * BLOCK_H + p // BLOCK_W, (tile % tiles_w) * BLOCK_W + p % BLOCK_W
+    return r0 + p // BLOCK_W, c0 + p % BLOCK_W, (r0 > 0) & (r0 + BLOCK_H < H) & (c0 > 0) & (c0 + BLOCK_W < W)
 
 
 @triton.jit
@@ -124,21 +126,25 @@ def _outputs(n, O, oo, omask, rows, cols, H, W):
 # ones (rows, cols) along the other: [pixels, channels] or [channels, pixels], whichever the caller's
 # tl.dot wants, so that no tile is ever transposed in registers.
 @triton.jit
-def _shifted(planes, cmask, rows, cols, dy, dx, H, W, COMPUTE: tl.constexpr):
-    """x[c, rows + dy, cols + dx], zero outside the image (the padding)."""
-    r, c = rows + dy, cols + dx
-    inside = (r >= 0) & (r < H) & (c >= 0) & (c < W)
-    return tl.load(planes + (r * W + c), mask=inside & cmask, other=0.0).to(COMPUTE)
+def _shifted(at, cmask, rows, cols, dy, dx, H, W, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
+    """x[c, rows + dy, cols + dx] for pointers ``at`` to x[c, rows, cols], zero outside the image (the
+    padding), which only EDGE tiles reach: elsewhere no mask but the channels' (none for whole
+    chunks). The pointers move by a row (a scalar) and a column (an offset in the load instruction)."""
+    if EDGE:
+        r, c = rows + dy, cols + dx
+        cmask = cmask & (r >= 0) & (r < H) & (c >= 0) & (c < W)
+    return tl.load(at + dy * W + dx, mask=cmask, other=0.0).to(COMPUTE)
 
 
 @triton.jit
-def _depthwise(planes, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, COMPUTE: tl.constexpr):
+def _depthwise(planes, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
     """z = bias + 3x3 depthwise (zero in masked channels); the weight pointers start at the input's
     first channel."""
     z = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE) + tl.zeros_like(rows + cols).to(COMPUTE)
+    at = planes + (rows * W + cols)
     for t in range(9):  # unrolled by the compiler: the nine taps' loads in flight together
         w = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)
-        z += w * _shifted(planes, cmask, rows, cols, t // 3 - 1, t % 3 - 1, H, W, COMPUTE)
+        z += w * _shifted(at, cmask, rows, cols, t // 3 - 1, t % 3 - 1, H, W, EDGE, COMPUTE)
     return z
 
 
@@ -151,13 +157,13 @@ def _weights(pww_ptr, C, cw, cmask, oo, omask, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                   COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
+                   EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
     """acc + the pointwise conv of one input's z, [pixels, outputs]; its Ci channels are channels
     first.. of [x, x2]."""
     for c0 in range(0, Ci, CHUNK):
         planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE)
         z = _depthwise(planes[None, :], ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
-                       dww_ptr + first * 9, dwb_ptr + first, COMPUTE)
+                       dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE)
         w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
         acc = tl.dot(z, w, acc, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
     return acc
@@ -165,14 +171,14 @@ def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr
 
 @triton.jit
 def _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
-                    COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BLOCK_O: tl.constexpr):
+                    EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr):
     """The conv's output before its activation, [pixels, outputs]."""
     pre = tl.load(pwb_ptr + oo, mask=omask, other=0.0).to(COMPUTE)[None, :] + tl.zeros([BLOCK_P, BLOCK_O], COMPUTE)
     pre = _add_pointwise(pre, x_ptr, n, C1, 0, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                         COMPUTE, CHUNK, WHOLE)
+                         EDGE, COMPUTE, CHUNK, WHOLE)
     return _add_pointwise(pre, x2_ptr, n, C2, C1, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                          COMPUTE, CHUNK, WHOLE)
+                          EDGE, COMPUTE, CHUNK, WHOLE)
 
 
 @triton.jit
@@ -193,10 +199,14 @@ def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, 
                 ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
                 BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     n = tl.program_id(1)
-    rows, cols = _tile(tl.program_id(0), W, BLOCK_H, BLOCK_W)
+    rows, cols, interior = _tile(tl.program_id(0), H, W, BLOCK_H, BLOCK_W)
     oo, omask = _channels(0, O, BLOCK_O, WHOLE)
-    y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
-                        COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O)
+    if interior:
+        y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo,
+                            omask, False, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O)
+    else:
+        y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo,
+                            omask, True, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O)
     if ACTIVATION == "relu":
         y = tl.where(y < 0, 0.0, y)  # NaN stays NaN, as F.relu
     elif ACTIVATION == "tanh":
@@ -250,12 +260,26 @@ def _dsconv_bwd_dz(g_ptr, y_ptr, pww_ptr, gz_ptr, H, W, C1, C2, O, ACTIVATION: t
                    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """dL/dz = gm W: the forward's pointwise conv transposed; gm read once per tile, [pixels, outputs]."""
     n = tl.program_id(1)
-    rows, cols = _tile(tl.program_id(0), W, BLOCK_H, BLOCK_W)
+    rows, cols, _ = _tile(tl.program_id(0), H, W, BLOCK_H, BLOCK_W)
     oo, omask = _channels(0, O, BLOCK_O, WHOLE)
     offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
     gm = _grad_pre(g_ptr, y_ptr, offs, mask, ACTIVATION, COMPUTE)
     _dz_input(gm, n, C1, 0, C1 + C2, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE, CHUNK, WHOLE)
     _dz_input(gm, n, C2, C1, C1 + C2, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr, COMPUTE, CHUNK, WHOLE)
+
+
+@triton.jit
+def _taps_and_sums(at, gz, sums, cw, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, EDGE: tl.constexpr,
+                   COMPUTE: tl.constexpr):
+    """z of a params tile ([channels, pixels], ``at`` pointing at its x), and ``sums`` plus gz times
+    each tap's x, then plus gz."""
+    # the weights reloaded per tile (L1 hits): held across the run they cost 30 registers
+    z = tl.load(dwb_ptr + cw, mask=cmask, other=0.0).to(COMPUTE)[:, None] + tl.zeros_like(gz)
+    for t in tl.static_range(9):
+        x = _shifted(at, cmask[:, None], rows[None, :], cols[None, :], t // 3 - 1, t % 3 - 1, H, W, EDGE, COMPUTE)
+        z += tl.load(dww_ptr + cw * 9 + t, mask=cmask, other=0.0).to(COMPUTE)[:, None] * x
+        sums = sums[:t] + (sums[t] + gz * x,) + sums[t + 1:]
+    return z, sums[:9] + (sums[9] + gz,)
 
 
 @triton.jit
@@ -277,20 +301,19 @@ def _params_input(ptr, g_ptr, y_ptr, n, Ci, first, C, O, H, W, dww_ptr, dwb_ptr,
         pw = tl.zeros([BLOCK_O, CHUNK], COMPUTE)
         gm_sum = tl.zeros([BLOCK_O, BLOCK_H * BLOCK_W], COMPUTE)
         for tile in range(tile0, tile1):
-            rows, cols = _tile(tile, W, BLOCK_H, BLOCK_W)
+            rows, cols, interior = _tile(tile, H, W, BLOCK_H, BLOCK_W)
+            pixels = (rows * W + cols)[None, :]
+            inside = ((rows < H) & (cols < W))[None, :]
+            gz = tl.load(gz_planes[:, None] + pixels, mask=cmask[:, None] & inside, other=0.0)
+            if interior:
+                z, sums = _taps_and_sums(planes[:, None] + pixels, gz, sums, cw, cmask, rows, cols, H, W, dww_ptr,
+                                         dwb_ptr, False, COMPUTE)
+            else:
+                z, sums = _taps_and_sums(planes[:, None] + pixels, gz, sums, cw, cmask, rows, cols, H, W, dww_ptr,
+                                         dwb_ptr, True, COMPUTE)
+            z = _pinned(z, COMPUTE)
             offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
             gmt = _grad_pre(g_ptr, y_ptr, tl.trans(offs), tl.trans(mask), ACTIVATION, COMPUTE)
-            inside = ((rows < H) & (cols < W))[None, :]
-            gz = tl.load(gz_planes[:, None] + (rows * W + cols)[None, :], mask=cmask[:, None] & inside, other=0.0)
-            # the weights reloaded per tile (L1 hits): held across the run they cost 30 registers
-            z = tl.load(dwb_ptr + cw, mask=cmask, other=0.0).to(COMPUTE)[:, None] + tl.zeros_like(gz)
-            for t in tl.static_range(9):
-                x = _shifted(planes[:, None], cmask[:, None], rows[None, :], cols[None, :], t // 3 - 1, t % 3 - 1,
-                             H, W, COMPUTE)
-                z += tl.load(dww_ptr + cw * 9 + t, mask=cmask, other=0.0).to(COMPUTE)[:, None] * x
-                sums = sums[:t] + (sums[t] + gz * x,) + sums[t + 1:]
-            sums = sums[:9] + (sums[9] + gz,)
-            z = _pinned(z, COMPUTE)
             pw = tl.dot(gmt, tl.trans(z), pw, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
             gm_sum += gmt
         tl.store(part + oo[:, None] * C + cw[None, :], pw, mask=omask[:, None] & cmask[None, :])
@@ -317,22 +340,38 @@ def _dsconv_bwd_params(g_ptr, y_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, pa
                   omask, ACTIVATION, COMPUTE, CHUNK, WHOLE, BLOCK_O, BLOCK_H, BLOCK_W)
 
 
+@triton.jit
+def _transposed_taps(at, rows, cols, H, W, dww_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
+    """sum over taps t of w[t] * dz[row - dy_t, col - dx_t] (the depthwise transposed: taps flipped),
+    zero outside the image; ``at`` points at dz[rows, cols]. A tap's pointers are the tile's moved by
+    a row (a scalar) and a column (an immediate offset); masks only on EDGE tiles."""
+    acc = tl.zeros_like(rows + cols).to(COMPUTE)
+    for t in tl.static_range(9):
+        dy, dx = 1 - t // 3, 1 - t % 3
+        if EDGE:
+            r, s = rows + dy, cols + dx
+            x = tl.load(at + dy * W + dx, mask=(r >= 0) & (r < H) & (s >= 0) & (s < W), other=0.0)
+        else:
+            x = tl.load(at + dy * W + dx)
+        acc += tl.load(dww_ptr + t).to(COMPUTE) * x
+    return acc
+
+
 @autotune(_PLANE_CONFIGS, key=["W"])
 @triton.jit
 def _dsconv_bwd_input(gz_ptr, dww_ptr, gx_ptr, gx2_ptr, H, W, C1, C2, COMPUTE: tl.constexpr,
                       BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """dL/dx of one channel plane: the depthwise 3x3 transposed (taps flipped) over dL/dz."""
+    """dL/dx of one channel plane: the depthwise 3x3 transposed over dL/dz."""
     c, n = tl.program_id(1), tl.program_id(2)
     tiles_w = tl.cdiv(W, BLOCK_W)
-    rows = (tl.program_id(0) // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-    cols = (tl.program_id(0) % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-    plane = gz_ptr + (n * (C1 + C2) + c).to(tl.int64) * H * W
-    acc = tl.zeros([BLOCK_H, BLOCK_W], COMPUTE)
-    for t in tl.static_range(9):
-        r, s = rows - (t // 3 - 1), cols - (t % 3 - 1)
-        inside = (r >= 0) & (r < H) & (s >= 0) & (s < W)
-        acc += tl.load(dww_ptr + c * 9 + t).to(COMPUTE) * tl.load(plane + r * W + s, mask=inside, other=0.0)
+    r0, c0 = (tl.program_id(0) // tiles_w) * BLOCK_H, (tl.program_id(0) % tiles_w) * BLOCK_W
+    rows, cols = r0 + tl.arange(0, BLOCK_H)[:, None], c0 + tl.arange(0, BLOCK_W)[None, :]
     offs = rows * W + cols
+    at = gz_ptr + (n * (C1 + C2) + c).to(tl.int64) * H * W + offs
+    if (r0 > 0) & (r0 + BLOCK_H < H) & (c0 > 0) & (c0 + BLOCK_W < W):  # every tap inside the image
+        acc = _transposed_taps(at, rows, cols, H, W, dww_ptr + c * 9, False, COMPUTE)
+    else:
+        acc = _transposed_taps(at, rows, cols, H, W, dww_ptr + c * 9, True, COMPUTE)
     mask = (rows < H) & (cols < W)
     if c < C1:
         tl.store(gx_ptr + (n * C1 + c).to(tl.int64) * H * W + offs, acc, mask=mask)

@@ -14,8 +14,9 @@ import torch
 
 import sgllie
 import sgllie.ops as ops
+from sgllie.ops import reference
 from conftest import triton_device
-from op_cases import HALF, OPS, assert_close, outputs_and_grads, truth
+from op_cases import HALF, OPS, assert_close, outputs_and_grads, rand, truth
 from op_cases import cases as _all_cases
 
 pytestmark = pytest.mark.triton
@@ -61,6 +62,25 @@ def test_deterministic(op):
     first, second = outputs_and_grads(fused, inputs), outputs_and_grads(fused, inputs)
     for a, b in zip(first, second):
         assert torch.equal(a, b), op
+
+
+def test_dsconv2d_interior_and_edge_tiles():
+    """Tiles whose 3x3 halo lies inside the image load without masks, the others with: an image on
+    which the first two configs of every dsconv2d kernel have both (the 64-wide tiles of the input
+    gradient kernel need 129 columns), with a skip input and whole chunks of channels."""
+    device = triton_device()
+    x, x2 = (rand(device, torch.float32, 1, 16, 35, 131) for _ in range(2))
+    params = [rand(device, torch.float32, *s, lo=-1) / 4 for s in ((32, 1, 3, 3), (32,), (32, 32, 1, 1), (32,))]
+    fused = lambda a, b, *p: ops.dsconv2d(a, *p, x2=b, activation="relu", backend="triton")  # noqa: E731
+    ref = lambda a, b, *p: reference.dsconv2d(a, *p, x2=b, activation="relu")  # noqa: E731
+    want = truth(ref, [x, x2, *params])
+    if device.type == "cuda":
+        assert_close(outputs_and_grads(fused, [x, x2, *params]), want, torch.float32, "dsconv2d")
+        return
+    from sgllie.kernels._runtime import use_config
+    for k in range(2):
+        with use_config(k):
+            assert_close(outputs_and_grads(fused, [x, x2, *params]), want, torch.float32, f"dsconv2d config {k}")
 
 
 # ----------------------------------------------------------------------------- counted costs
