@@ -6,8 +6,10 @@ really launches can be seen.
   or the one ``use_config`` forces (the tests run every config this way).
 - ``dry_run()`` records the specialisations that would be launched (kernel, argument types,
   constexprs, warps, stages; every config of an autotuned kernel) without running anything: no
-  GPU needed. The ahead-of-time compile test drives the ops and the model through it and builds
-  exactly these for sm_80 and sm_90, not a hand list that could drift from the launch sites.
+  GPU needed. Arguments are specialised as Triton's JIT does at launch: integers equal to 1 become
+  constants, pointers aligned to 16 bytes and integers divisible by 16 are marked so. The
+  ahead-of-time compile test drives the ops and the model through it and builds exactly these for
+  sm_80 and sm_90, not a hand list that could drift from the launch sites.
 - ``counting()`` counts the global-memory bytes each launch reads and writes (interpreter only).
 """
 from __future__ import annotations
@@ -16,13 +18,9 @@ import contextlib
 import contextvars
 from dataclasses import dataclass
 
-import torch
 import triton
 
 from sgllie.ops import _backends
-
-_TYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-               torch.int32: "i32", torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +32,12 @@ class Specialisation:
     num_warps: int
     num_stages: int
     maxnreg: int | None = None  # a register cap for ptxas, where a config sets one
+    aligned: tuple[str, ...] = ()  # arguments the JIT marks divisible by 16 (pointers: 16-byte aligned)
+
+    @property
+    def attrs(self) -> dict:
+        """``ASTSource``'s attrs: the divisibility the JIT would give the aligned arguments."""
+        return {(self.kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in self.aligned}
 
     @property
     def options(self) -> dict:
@@ -48,7 +52,8 @@ class Specialisation:
     def config_str(self) -> str:
         consts = ", ".join(f"{k}={v}" for k, v in self.constexprs)
         cap = "" if self.maxnreg is None else f", maxnreg={self.maxnreg}"
-        return f"{consts}; warps={self.num_warps}, stages={self.num_stages}{cap}"
+        aligned = f"; aligned {','.join(self.aligned)}" if self.aligned else ""
+        return f"{consts}; warps={self.num_warps}, stages={self.num_stages}{cap}{aligned}"
 
 
 _recorded: contextvars.ContextVar[set | None] = contextvars.ContextVar("sgllie_triton_recorded", default=None)
@@ -92,16 +97,14 @@ def autotune(configs: list[triton.Config], key: list[str]):
     return decorate
 
 
-def _arg_type(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return "*" + _TYPE_NAMES[value.dtype]
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i32" if -2**31 <= value < 2**31 else "i64"
-    if isinstance(value, float):
-        return "fp32"
-    raise TypeError(f"sgllie.kernels: cannot type kernel argument {value!r}")
+def _specialise(param, value) -> tuple[str, object]:
+    """(Triton type or "constexpr", value for a constant / "D" where divisible by 16): the JIT's own
+    specialisation of a launch argument (its native function, as in triton.runtime.jit)."""
+    from triton.backends.compiler import BaseBackend  # noqa: PLC0415
+    from triton.runtime.jit import native_specialize_impl  # noqa: PLC0415
+
+    return native_specialize_impl(BaseBackend, value, False, not param.do_not_specialize,
+                                  not param.do_not_specialize_on_alignment)
 
 
 def _record(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict, configs: list[triton.Config]) -> None:
@@ -109,15 +112,17 @@ def _record(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict, configs: 
     bound = dict(zip(fn.arg_names, args)) | kwargs
     for config in configs:
         values = bound | config.kwargs
-        signature, constexprs = [], []
+        signature, constexprs, aligned = [], [], []
         for param in fn.params:
-            if param.is_constexpr:
-                signature.append((param.name, "constexpr"))
-                constexprs.append((param.name, values[param.name]))
-            else:
-                signature.append((param.name, _arg_type(values[param.name])))
+            kind, key = ("constexpr", values[param.name]) if param.is_constexpr else _specialise(
+                param, values[param.name])
+            signature.append((param.name, kind))
+            if kind == "constexpr":
+                constexprs.append((param.name, key))
+            elif key == "D":
+                aligned.append(param.name)
         seen.add(Specialisation(fn, tuple(signature), tuple(constexprs), config.num_warps,
-                                config.num_stages, config.maxnreg))
+                                config.num_stages, config.maxnreg, tuple(aligned)))
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:

@@ -37,21 +37,24 @@ from sgllie.ops.reference import require_output
 from ._runtime import autotune, launch
 
 
-def _configs(*shapes, stages=3):
-    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw, num_stages=stages)
+def _configs(*shapes, stages=3, maxnreg=None):
+    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw, num_stages=stages, maxnreg=maxnreg)
             for bh, bw, nw in shapes]
 
 
 # (BLOCK_H, BLOCK_W, num_warps), each list checked to build with no spills for sm_80 and sm_90 in
 # every dtype. An "ieee" tl.dot (float64) holds its operands' whole K in registers: the pixels are the M
-# of the forward's products but the K of the params kernel's gm^T z, whose tiles stay small. No
-# register caps: with one ptxas takes nearly all it is allowed (e.g. 158 of 168 where it otherwise
-# settles at 128: three blocks per SM instead of four).
+# of the forward's products but the K of the params kernel's gm^T z, whose tiles stay small.
+# Register caps only where needed: with one ptxas takes nearly all it is allowed (e.g. 158 of 168
+# where it otherwise settles at 128: three blocks per SM instead of four).
 _FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))
 # dz: its loop prefetches only pointwise weights: 2 stages.
 _DZ_CONFIGS = _configs((4, 16, 8), (8, 16, 4), (16, 16, 8), stages=2)
 # params: 1 stage: pipelined, its masked gathers went through shared memory (+15% instructions)
 _PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1)
+# ... and with channel masks (the 3-channel layers), where half-precision I/O otherwise settles at
+# 128 registers with 8 bytes on the stack
+_PARAMS_MASKED_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1, maxnreg=168)
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
 # channels per tl.dot: the forward's, its nine taps' loads in flight together in registers
 _CHUNK = 8
@@ -323,7 +326,6 @@ def _params_input(ptr, g_ptr, y_ptr, n, Ci, first, C, O, H, W, dww_ptr, dwb_ptr,
             tl.store(part + O * C + oo, tl.sum(gm_sum, 1), mask=omask)
 
 
-@autotune(_PARAMS_CONFIGS, key=["W", "C1", "C2", "O"])
 @triton.jit
 def _dsconv_bwd_params(g_ptr, y_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, part_ptr, H, W, C1, C2, O,
                        ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
@@ -338,6 +340,10 @@ def _dsconv_bwd_params(g_ptr, y_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, pa
                   omask, ACTIVATION, COMPUTE, CHUNK, WHOLE, BLOCK_O, BLOCK_H, BLOCK_W)
     _params_input(x2_ptr, g_ptr, y_ptr, n, C2, C1, C, O, H, W, dww_ptr, dwb_ptr, gz_ptr, part, tile0, tile1, oo,
                   omask, ACTIVATION, COMPUTE, CHUNK, WHOLE, BLOCK_O, BLOCK_H, BLOCK_W)
+
+
+_PARAMS_KERNELS = {whole: autotune(configs, key=["W", "C1", "C2", "O"])(_dsconv_bwd_params)
+                   for whole, configs in ((True, _PARAMS_CONFIGS), (False, _PARAMS_MASKED_CONFIGS))}
 
 
 @triton.jit
@@ -436,12 +442,14 @@ def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tens
     gz = torch.empty((n, c, H, W), device=x.device, dtype=scratch)
     launch(_dsconv_bwd_dz, lambda meta: (tiles(meta), n), grad, out, pw_weight, gz, H, W, c1, c2, o,
            ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _DZ_CHUNK))
+    chunks = _chunks(c1, c2, o, _PARAMS_CHUNK)
+    params = _PARAMS_KERNELS[chunks["WHOLE"]]
     # programs per image: no more runs than the coarsest config has tiles, so that none is empty
-    programs = min(triton.cdiv(min(tiles(k.kwargs) for k in _PARAMS_CONFIGS), _MIN_RUN),
+    programs = min(triton.cdiv(min(tiles(k.kwargs) for k in params.configs), _MIN_RUN),
                    triton.cdiv(_PARTIAL_PROGRAMS, n))
     part = torch.empty((n * programs, o * c + o + 10 * c), device=x.device, dtype=scratch)
-    launch(_dsconv_bwd_params, (programs, n), grad, out, x, x2, dw_weight, dw_bias, gz, part, H, W, c1, c2, o,
-           ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _PARAMS_CHUNK))
+    launch(params, (programs, n), grad, out, x, x2, dw_weight, dw_bias, gz, part, H, W, c1, c2, o,
+           ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **chunks)
     gx = torch.empty_like(x)
     gx2 = torch.empty_like(x2) if has_x2 else gx  # gx standing in: never written
     launch(_dsconv_bwd_input, lambda meta: (tiles(meta), c, n), gz, dw_weight, gx, gx2, H, W, c1, c2,

@@ -2,11 +2,13 @@
 
 ``specialisations(drive)`` runs ``drive()`` under ``sgllie.kernels._runtime.dry_run`` and returns
 what its launches would compile; ``build(spec, capability)`` compiles one for sm_<capability>
-with ``triton.compile`` and reads registers, shared memory, stack and local memory (spills) from
-the cubin with the ``cuobjdump`` shipped in the triton wheel.
+with ``triton.compile`` and reads registers, shared memory, stack and local memory from the cubin
+with the ``cuobjdump`` shipped in the triton wheel, and spills (local-memory loads and stores)
+from its SASS.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import subprocess
@@ -29,6 +31,8 @@ class Build:
     shared: int
     stack: int
     local: int
+    spills: int  # local-memory loads and stores in the SASS: a stack frame alone is none (Triton's
+    #              LLVM code sometimes declares a local array it never uses; ptxas still gives it 8 bytes)
 
 
 def specialisations(drive) -> set:
@@ -41,7 +45,8 @@ def specialisations(drive) -> set:
 
 def compile_for(spec, capability: int):
     """``triton.compile`` of one specialisation for sm_<capability>: no GPU, no driver."""
-    source = ASTSource(fn=spec.kernel, signature=dict(spec.signature), constexprs=dict(spec.constexprs))
+    source = ASTSource(fn=spec.kernel, signature=dict(spec.signature), constexprs=dict(spec.constexprs),
+                       attrs=spec.attrs)
     return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=spec.options)
 
 
@@ -58,8 +63,38 @@ def build(spec, capability: int) -> Build:
 
 
 def resources(compiled, capability: int) -> Build:
-    """Registers, shared memory, stack and local memory of a compiled kernel, from its cubin."""
-    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", cuobjdump(compiled, "--dump-resource-usage")))
+    """Registers, shared memory, stack and local memory of a compiled kernel, from its cubin, and
+    its local-memory instructions where it has a stack or local memory."""
+    fields = {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)",
+                                                cuobjdump(compiled, "--dump-resource-usage"))}
+    spills = 0
+    if fields["STACK"] or fields["LOCAL"]:
+        spills = len(re.findall(r"\b(?:LDL|STL)\b", cuobjdump(compiled, "-sass")))
     # Triton's shared memory is dynamic: the launch asks for metadata.shared bytes
-    return Build(capability, int(fields["REG"]), int(fields["SHARED"]) + compiled.metadata.shared,
-                 int(fields["STACK"]), int(fields["LOCAL"]))
+    return Build(capability, fields["REG"], fields["SHARED"] + compiled.metadata.shared, fields["STACK"],
+                 fields["LOCAL"], spills)
+
+
+_jobs: list = []  # build_all's (specialisation, capability) pairs, read by its forked workers
+
+
+def _build_job(k: int):
+    spec, capability = _jobs[k]
+    try:
+        return build(spec, capability)
+    except Exception as e:  # reported with the others
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+
+
+def build_all(specs, capabilities) -> list[tuple[object, int, Build | str]]:
+    """(spec, capability, its Build or its compile error) for every pair, built on every core by
+    forked workers (a specialisation holds its kernel, which does not pickle)."""
+    global _jobs
+    _jobs = [(spec, capability) for spec in specs for capability in capabilities]
+    workers = min(len(os.sched_getaffinity(0)), 8)
+    if workers < 2:
+        results = [_build_job(k) for k in range(len(_jobs))]
+    else:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.map(_build_job, range(len(_jobs)), chunksize=4)
+    return [(spec, capability, result) for (spec, capability), result in zip(_jobs, results, strict=True)]
