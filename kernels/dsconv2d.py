@@ -53,7 +53,7 @@ _DZ_CONFIGS = _configs((4, 16, 8), (8, 16, 4), (16, 16, 8), stages=2)
 # params: 1 stage: pipelined, its masked gathers went through shared memory (+15% instructions)
 _PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1)
 # ... and with channel masks (the 3-channel layers), where half-precision I/O otherwise settles at
-# 128 registers with 8 bytes on the stack
+# 128 registers and spills
 _PARAMS_MASKED_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1, maxnreg=168)
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
 # channels per tl.dot: the forward's, its nine taps' loads in flight together in registers
@@ -61,7 +61,6 @@ _CHUNK = 8
 # dz's: a tile's gm is the first operand of every chunk's product, reloaded from shared memory for
 # each: 44% fewer instructions with all 32 channels in one than with 8
 _DZ_CHUNK = 32
-_INTERPRETED = tl.constexpr(_backends.triton_interpreting())  # read at import, as Triton reads it
 # params': a tile's gm is loaded, split for 3xTF32 and converted for the dot once per chunk; 16
 # channels need 23% fewer instructions per pixel than 8 at four blocks per SM (32: 30% fewer, two)
 _PARAMS_CHUNK = 16
@@ -75,6 +74,9 @@ _MIN_RUN = 4
 def _precision(compute):
     """tl.dot's input precision for a compute type (the interpreter ignores it: its products are exact)."""
     return "ieee" if compute == tl.float64 else "tf32x3"
+
+
+_INTERPRETED = tl.constexpr(_backends.triton_interpreting())  # read at import, as Triton reads it
 
 
 @triton.jit
