@@ -63,7 +63,7 @@ def main() -> None:
         compiled = triton_aot.compile_for(spec, args.arch)
         build = triton_aot.resources(compiled, args.arch)
         total, bodies = loops(triton_aot.cuobjdump(compiled, "-sass"))
-        dtypes = ",".join(sorted({t[1:] for _, t in spec.signature if t.startswith("*")}))
+        dtypes = triton_aot.pointer_types(spec)
         print(f"| {spec.name} | {spec.config_str()} | {dtypes} | {build.registers} | {build.shared} | {total} | "
               f"{', '.join(map(str, bodies)) or '-'} |", flush=True)
 

@@ -93,13 +93,19 @@ def _pinned(x, COMPUTE: tl.constexpr):
 
 
 @triton.jit
+def _interior(r0, c0, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Whether the tile at (r0, c0) and its 3x3 halo lie inside the image: no tap needs a mask."""
+    return (r0 > 0) & (r0 + BLOCK_H < H) & (c0 > 0) & (c0 + BLOCK_W < W)
+
+
+@triton.jit
 def _tile(tile, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """Rows and columns (1-D, BLOCK_H * BLOCK_W) of the pixels of tile number ``tile``, and whether
-    the tile and its halo lie inside the image (no tap needs a mask)."""
+    it is _interior."""
     tiles_w = tl.cdiv(W, BLOCK_W)
     r0, c0 = (tile // tiles_w) * BLOCK_H, (tile % tiles_w) * BLOCK_W
     p = tl.arange(0, BLOCK_H * BLOCK_W)
-    return r0 + p // BLOCK_W, c0 + p % BLOCK_W, (r0 > 0) & (r0 + BLOCK_H < H) & (c0 > 0) & (c0 + BLOCK_W < W)
+    return r0 + p // BLOCK_W, c0 + p % BLOCK_W, _interior(r0, c0, H, W, BLOCK_H, BLOCK_W)
 
 
 @triton.jit
@@ -133,12 +139,17 @@ def _outputs(n, O, oo, omask, rows, cols, H, W):
 @triton.jit
 def _shifted(at, cmask, rows, cols, dy, dx, H, W, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
     """x[c, rows + dy, cols + dx] for pointers ``at`` to x[c, rows, cols], zero outside the image (the
-    padding), which only EDGE tiles reach: elsewhere no mask but the channels' (none for whole
-    chunks). The pointers move by a row (a scalar) and a column (an offset in the load instruction)."""
+    padding), which only EDGE tiles reach: elsewhere no mask but the channels' (None: no channels;
+    none either for whole chunks). The pointers move by a row (a scalar) and a column (an offset in
+    the load instruction)."""
     if EDGE:
         r, c = rows + dy, cols + dx
-        cmask = cmask & (r >= 0) & (r < H) & (c >= 0) & (c < W)
-    return tl.load(at + dy * W + dx, mask=cmask, other=0.0).to(COMPUTE)
+        cmask = (r >= 0 if cmask is None else cmask & (r >= 0)) & (r < H) & (c >= 0) & (c < W)
+    if cmask is None:
+        x = tl.load(at + dy * W + dx)
+    else:
+        x = tl.load(at + dy * W + dx, mask=cmask, other=0.0)
+    return x.to(COMPUTE)
 
 
 @triton.jit
@@ -254,8 +265,8 @@ def _dz_input(gm, n, Ci, first, C, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr,
         cw = first + ch
         w = _weights(pww_ptr, C, cw[None, :], cmask[None, :], oo[:, None], omask[:, None], COMPUTE)
         gz = tl.dot(gm, w, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
-        tl.store(gz_ptr + ((n * C + cw).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None], gz,
-                 mask=((rows < H) & (cols < W))[:, None] & cmask[None, :])
+        offs, mask = _outputs(n, C, cw, cmask, rows, cols, H, W)
+        tl.store(gz_ptr + offs, gz, mask=mask)
 
 
 @autotune(_DZ_CONFIGS, key=["W", "C1", "C2", "O"])
@@ -310,12 +321,11 @@ def _params_input(ptr, g_ptr, y_ptr, n, Ci, first, C, O, H, W, dww_ptr, dwb_ptr,
             pixels = (rows * W + cols)[None, :]
             inside = ((rows < H) & (cols < W))[None, :]
             gz = tl.load(gz_planes[:, None] + pixels, mask=cmask[:, None] & inside, other=0.0)
+            at = planes[:, None] + pixels
             if interior:
-                z, sums = _taps_and_sums(planes[:, None] + pixels, gz, sums, cw, cmask, rows, cols, H, W, dww_ptr,
-                                         dwb_ptr, False, COMPUTE)
+                z, sums = _taps_and_sums(at, gz, sums, cw, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, False, COMPUTE)
             else:
-                z, sums = _taps_and_sums(planes[:, None] + pixels, gz, sums, cw, cmask, rows, cols, H, W, dww_ptr,
-                                         dwb_ptr, True, COMPUTE)
+                z, sums = _taps_and_sums(at, gz, sums, cw, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, True, COMPUTE)
             z = _pinned(z, COMPUTE)
             offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
             gmt = _grad_pre(g_ptr, y_ptr, tl.trans(offs), tl.trans(mask), ACTIVATION, COMPUTE)
@@ -351,16 +361,10 @@ _PARAMS_KERNELS = {whole: autotune(configs, key=["W", "C1", "C2", "O"])(_dsconv_
 @triton.jit
 def _transposed_taps(at, rows, cols, H, W, dww_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
     """sum over taps t of w[t] * dz[row - dy_t, col - dx_t] (the depthwise transposed: taps flipped),
-    zero outside the image; ``at`` points at dz[rows, cols]. A tap's pointers are the tile's moved by
-    a row (a scalar) and a column (an immediate offset); masks only on EDGE tiles."""
+    zero outside the image; ``at`` points at dz[rows, cols]."""
     acc = tl.zeros_like(rows + cols).to(COMPUTE)
     for t in tl.static_range(9):
-        dy, dx = 1 - t // 3, 1 - t % 3
-        if EDGE:
-            r, s = rows + dy, cols + dx
-            x = tl.load(at + dy * W + dx, mask=(r >= 0) & (r < H) & (s >= 0) & (s < W), other=0.0)
-        else:
-            x = tl.load(at + dy * W + dx)
+        x = _shifted(at, None, rows, cols, 1 - t // 3, 1 - t % 3, H, W, EDGE, COMPUTE)
         acc += tl.load(dww_ptr + t).to(COMPUTE) * x
     return acc
 
@@ -376,7 +380,7 @@ def _dsconv_bwd_input(gz_ptr, dww_ptr, gx_ptr, gx2_ptr, H, W, C1, C2, COMPUTE: t
     rows, cols = r0 + tl.arange(0, BLOCK_H)[:, None], c0 + tl.arange(0, BLOCK_W)[None, :]
     offs = rows * W + cols
     at = gz_ptr + (n * (C1 + C2) + c).to(tl.int64) * H * W + offs
-    if (r0 > 0) & (r0 + BLOCK_H < H) & (c0 > 0) & (c0 + BLOCK_W < W):  # every tap inside the image
+    if _interior(r0, c0, H, W, BLOCK_H, BLOCK_W):
         acc = _transposed_taps(at, rows, cols, H, W, dww_ptr + c * 9, False, COMPUTE)
     else:
         acc = _transposed_taps(at, rows, cols, H, W, dww_ptr + c * 9, True, COMPUTE)

@@ -76,16 +76,12 @@ def monkeypatch_module():
         yield mp
 
 
-def _types(spec) -> str:
-    return ",".join(sorted({t[1:] for _, t in spec.signature if t.startswith("*")}))
-
-
 def test_every_launched_kernel_builds_for_sm80_and_sm90(specs):
     import triton_aot
     assert len({s.name for s in specs}) >= 4, "the dry run recorded too few kernels: is the triton backend wired?"
     rows, failures = [], []
     for spec, capability, b in triton_aot.build_all(specs, TARGETS):
-        where = f"{spec.name} [{spec.config_str()}] ({_types(spec)}) sm_{capability}"
+        where = f"{spec.name} [{spec.config_str()}] ({triton_aot.pointer_types(spec)}) sm_{capability}"
         if isinstance(b, str):  # collect them all: one table of what fails
             failures.append(f"{where}: compile error {b}")
             continue
@@ -128,6 +124,7 @@ def test_sass_stats_reads_the_loops_of_a_build(specs):
 
 
 def _write_table(rows, failures) -> None:
+    import triton_aot
     lines = ["# Triton kernels compiled ahead of time (no GPU)", "",
              "Written by `pytest -m aot` (tests/test_triton_aot.py): every specialisation the dispatch "
              "launches, recorded from the launch sites while the ops and the model run in float32, float16, "
@@ -138,8 +135,8 @@ def _write_table(rows, failures) -> None:
              "spill loads and stores (stack bytes) |",
              "|---|---|---|---|---:|---:|---:|"]
     for spec, b in rows:
-        lines.append(f"| {spec.name} | {spec.config_str()} | {_types(spec)} | sm_{b.capability} | {b.registers} | "
-                     f"{b.shared} | {b.spills} ({b.stack}) |")
+        lines.append(f"| {spec.name} | {spec.config_str()} | {triton_aot.pointer_types(spec)} | sm_{b.capability} | "
+                     f"{b.registers} | {b.shared} | {b.spills} ({b.stack}) |")
     if failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
     TABLE.parent.mkdir(exist_ok=True)

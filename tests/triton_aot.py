@@ -43,6 +43,11 @@ def specialisations(drive) -> set:
     return specs
 
 
+def pointer_types(spec) -> str:
+    """The element types of a specialisation's pointer arguments, e.g. "bf16,fp32"."""
+    return ",".join(sorted({t[1:] for _, t in spec.signature if t.startswith("*")}))
+
+
 def compile_for(spec, capability: int):
     """``triton.compile`` of one specialisation for sm_<capability>: no GPU, no driver."""
     source = ASTSource(fn=spec.kernel, signature=dict(spec.signature), constexprs=dict(spec.constexprs),
