@@ -2,8 +2,8 @@
 really launches can be seen.
 
 - Autotuned kernels (``autotune``) pick their config per shape on a GPU; under the interpreter
-  (TRITON_INTERPRET=1, no GPU) there is nothing to time, so ``launch`` runs one config: the first,
-  or the one ``use_config`` forces (the tests run every config this way).
+  (TRITON_INTERPRET=1, no GPU) there is nothing to time, so ``launch`` runs one config: the first.
+  ``use_config`` forces one, on a GPU too (the tests check every config's numbers this way).
 - ``dry_run()`` records the specialisations that would be launched (kernel, argument types,
   constexprs, warps, stages; every config of an autotuned kernel) without running anything: no
   GPU needed. Arguments are specialised as Triton's JIT does at launch: integers equal to 1 become
@@ -77,7 +77,7 @@ def dry_run():
 
 @contextlib.contextmanager
 def use_config(index: int):
-    """Under the interpreter, run config ``index`` of each autotuned kernel (modulo its count)."""
+    """Run config ``index`` of each autotuned kernel (modulo its count) instead of tuning."""
     token = _forced_config.set(index)
     try:
         yield
@@ -86,6 +86,17 @@ def use_config(index: int):
 
 
 AUTOTUNED: list[triton.runtime.Autotuner] = []  # every autotuned kernel, for tests that try each config
+
+
+def smallest_dot_k() -> int:
+    """The smallest K this Triton's tl.dot compiles for NVIDIA GPUs in float32 and float64: 8 in
+    Triton 3.9, 16 in 3.6 (its interpreter accepts any, so this asks the compiler's own rule)."""
+    import triton.language as tl  # noqa: PLC0415
+    from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+    from triton.backends.nvidia.compiler import min_dot_size  # noqa: PLC0415
+
+    rule = min_dot_size(GPUTarget("cuda", 90, 32))
+    return max(rule(t, t)[2] for t in (tl.float32, tl.float64))
 
 
 def autotune(configs: list[triton.Config], key: list[str]):
@@ -137,8 +148,9 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     if _recorded.get() is not None:
         _record(fn, args, kwargs, configs)
         return
-    if tuned and _backends.triton_interpreting():
-        config = configs[(_forced_config.get() or 0) % len(configs)]
+    forced = _forced_config.get()
+    if tuned and (forced is not None or _backends.triton_interpreting()):
+        config = configs[(forced or 0) % len(configs)]
         kernel, kwargs = fn, kwargs | config.all_kwargs()
     elif not tuned:
         kwargs = kwargs | {"num_warps": configs[0].num_warps, "num_stages": configs[0].num_stages}

@@ -5,10 +5,11 @@ float64.
 
 Programs own 2-D tiles of pixels of one image (2-D, so that the 3x3 halo re-read stays small),
 flattened to BLOCK_H * BLOCK_W lanes. The forward's channels go CHUNK = 8 at a time (the smallest K
-of a float32 tl.dot; masked, unless every channel count is whole chunks): a tile of the depthwise
-output z, then one tl.dot with 8 rows of the pointwise weights; outputs are masked up to BLOCK_O >=
-16. A chunk's nine taps are loaded together: 8 channels keep them in registers, where 16 held one
-tap at a time. The backward kernels have chunks of their own (_DZ_CHUNK, _PARAMS_CHUNK).
+of a float32 tl.dot; 16 with Triton 3.6; masked, unless every channel count is whole chunks): a tile
+of the depthwise output z, then one tl.dot with CHUNK rows of the pointwise weights; outputs are
+masked up to BLOCK_O >= 16. A chunk's nine taps are loaded together: 8 channels keep them in
+registers, where 16 held one tap at a time. The backward kernels have chunks of their own
+(_DZ_CHUNK, _PARAMS_CHUNK).
 float32 products run on the tensor cores as 3xTF32 (each operand split into a TF32 high part and a
 TF32 remainder, three TF32 products summed: float32 accuracy, where PyTorch's default TF32 conv
 keeps 10 bits; the interpreter tests round as the tensor cores do: tests/tensor_cores.py); float64
@@ -34,7 +35,7 @@ import triton.language as tl
 from sgllie.ops import _backends
 from sgllie.ops.reference import require_output
 
-from ._runtime import autotune, launch
+from ._runtime import autotune, launch, smallest_dot_k
 
 
 def _configs(*shapes, stages=3, maxnreg=None):
@@ -56,8 +57,9 @@ _PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1)
 # 128 registers and spills
 _PARAMS_MASKED_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1, maxnreg=168)
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
-# channels per tl.dot: the forward's, its nine taps' loads in flight together in registers
-_CHUNK = 8
+# channels per tl.dot: the forward's, its nine taps' loads in flight together in registers (Triton
+# 3.6 and older compile no float32 tl.dot with K < 16)
+_CHUNK = smallest_dot_k()
 # dz's: a tile's gm is the first operand of every chunk's product, reloaded from shared memory for
 # each: 44% fewer instructions with all 32 channels in one than with 8
 _DZ_CHUNK = 32
