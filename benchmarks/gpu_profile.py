@@ -4,6 +4,8 @@ memory floor. Needs CUDA. ``python -m benchmarks.gpu_profile`` prints a Markdown
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from triton.testing import do_bench, do_bench_cudagraph
 
@@ -11,6 +13,7 @@ import sgllie
 import sgllie.ops as ops
 from sgllie import kernels as K
 from sgllie.graphs import GraphedEnhance
+from sgllie.kernels._runtime import AUTOTUNED
 
 BYTES_PER_S = 3.0e12  # H100 device-to-device copy, counting reads and writes
 
@@ -27,7 +30,8 @@ def _cases():
         yield (f"le_curve fwd 4K {str(dtype)[6:]}", lambda x=x, r=r: K.le_curve(x, r, 8),
                lambda x=x, r=r: ops.le_curve(x, r), 2 * x.numel() * x.element_size())
     x, r, g = _rand(n, 3, h, w), _rand(n, 3, h, w, lo=-1), _rand(n, 3, h, w)
-    yield "le_curve bwd 8x3x512x512", lambda: K.le_curve_backward(g, x, r, 8), None, 5 * x.numel() * f
+    yield ("le_curve bwd 8x3x512x512", lambda x=x, r=r, g=g: K.le_curve_backward(g, x, r, 8), None,
+           5 * x.numel() * f)
     for c1, c2 in ((32, 0), (32, 32)):
         a, b = _rand(n, c1, h, w), (_rand(n, c2, h, w) if c2 else None)
         c = c1 + c2
@@ -54,8 +58,35 @@ def _cases():
         def plain(model=model, x=x):
             with torch.inference_mode(), ops.use_backend("triton"):
                 return model.enhance(x)
-        yield (f"model.enhance 4K {str(dtype)[6:]} (kernels = graphed)", lambda g=graphed, x=x: g(x), plain,
+        yield (f"model.enhance 4K {str(dtype)[6:]} (kernels = graphed)", functools.partial(graphed, x), plain,
                2 * x.numel() * x.element_size())
+
+
+def kernel_breakdown(name: str, kernel, calls: int = 5) -> None:
+    """Each GPU kernel one call of ``kernel`` launches, with its mean time: which of an op's
+    kernels takes the time, to hold against the per-kernel predictions (README)."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            kernel()
+        torch.cuda.synchronize()
+    for event in sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True):
+        if event.device_time_total > 0:
+            print(f"| {name} | {event.key[:60]} | {event.count / calls:.0f} | {event.device_time_total / calls:.1f} |")
+
+
+def host_breakdown(name: str, kernel, calls: int = 20) -> None:
+    """Where the host's time goes in a call (for an op whose launches from Python take far longer
+    than its kernels replayed as a graph)."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            kernel()
+        torch.cuda.synchronize()
+    for event in sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]:
+        print(f"| {name} | {event.key[:60]} | {event.count / calls:.1f} | {event.self_cpu_time_total / calls:.1f} |")
 
 
 def main() -> None:
@@ -63,11 +94,14 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = False
     print("| op | floor us | kernels, graph us | kernels us | op call us | floor / graph |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, kernel, call, floor in _cases():
+    cases = list(_cases())
+    for name, kernel, call, floor in cases:
         try:
             kernel()  # autotune, compile
             torch.cuda.synchronize()
-            graph_ms = do_bench_cudagraph(kernel, rep=50, return_mode="median")
+            # a graphed model replays its own graph: no capture around it
+            bench = do_bench if isinstance(getattr(kernel, "func", None), GraphedEnhance) else do_bench_cudagraph
+            graph_ms = bench(kernel, rep=50, return_mode="median")
             kernel_ms = do_bench(kernel, warmup=10, rep=50, return_mode="median")
             call_ms = do_bench(call, warmup=10, rep=50, return_mode="median") if call else float("nan")
             floor_us = floor / BYTES_PER_S * 1e6
@@ -75,6 +109,18 @@ def main() -> None:
                   f"{floor_us / (graph_ms * 1e3):.0%} |", flush=True)
         except Exception as e:  # one broken row must not hide the others
             print(f"| {name} | error: {type(e).__name__}: {str(e).splitlines()[0][:200]} |", flush=True)
+    print("\n| op | kernel | launches per call | us per call |\n|---|---|---:|---:|")
+    for name, kernel, _, _ in cases:
+        if name.startswith(("dsconv2d", "zero_reference_loss fwd", "le_curve fwd 4K float16")):
+            kernel_breakdown(name, kernel)
+        elif name.startswith("model.enhance 4K float16"):
+            kernel_breakdown(name, call)  # launched one by one: each kernel's own time
+    print("\n| op | host event | per call | self CPU us per call |\n|---|---|---:|---:|")
+    host_breakdown(*next((name, kernel) for name, kernel, _, _ in cases if name == "zero_reference_loss fwd"))
+    print("\n| autotuned kernel | key | chosen config |\n|---|---|---|")
+    for tuned in AUTOTUNED:
+        for key, config in tuned.cache.items():
+            print(f"| {tuned.fn.__name__} | {key} | {config} |")
 
 
 if __name__ == "__main__":
