@@ -88,6 +88,18 @@ def use_config(index: int):
 AUTOTUNED: list[triton.runtime.Autotuner] = []  # every autotuned kernel, for tests that try each config
 
 
+# Host-side integer helpers. triton.cdiv and triton.next_power_of_2 are constexpr functions, ~2 us a
+# call from host code (they unwrap every argument): a dozen in an op's launch path cost more than
+# the rest of its Python.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of 2 >= n (n >= 1)."""
+    return 1 << (n - 1).bit_length()
+
+
 def smallest_dot_k() -> int:
     """The smallest K this Triton's tl.dot compiles for NVIDIA GPUs in float32 and float64: 8 in
     Triton 3.9, 16 in 3.6 (its interpreter accepts any, so this asks the compiler's own rule)."""

@@ -35,7 +35,7 @@ import triton.language as tl
 from sgllie.ops import _backends
 from sgllie.ops.reference import require_output
 
-from ._runtime import autotune, launch, smallest_dot_k
+from ._runtime import autotune, cdiv, launch, next_power_of_2, smallest_dot_k
 
 
 def _configs(*shapes, stages=3, maxnreg=None):
@@ -394,7 +394,7 @@ def _dsconv_bwd_input(gz_ptr, dww_ptr, gx_ptr, gx2_ptr, H, W, C1, C2, COMPUTE: t
 
 
 def _block(c: int) -> int:
-    return max(16, triton.next_power_of_2(c))
+    return max(16, next_power_of_2(c))
 
 
 def _prepare(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation):
@@ -426,7 +426,7 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
         x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)
     n, c1, H, W = x.shape
     y = x.new_empty(n, o, H, W)
-    grid = lambda meta: (triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
+    grid = lambda meta: (cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
     launch(_dsconv_fwd, grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o,
            ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _CHUNK))
     return y
@@ -446,15 +446,15 @@ def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tens
     n, c1, H, W = x.shape
     c = c1 + c2
     scratch = torch.float64 if x.dtype == torch.float64 else torch.float32
-    tiles = lambda meta: triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"])  # noqa: E731
+    tiles = lambda meta: cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"])  # noqa: E731
     gz = torch.empty((n, c, H, W), device=x.device, dtype=scratch)
     launch(_dsconv_bwd_dz, lambda meta: (tiles(meta), n), grad, out, pw_weight, gz, H, W, c1, c2, o,
            ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _DZ_CHUNK))
     chunks = _chunks(c1, c2, o, _PARAMS_CHUNK)
     params = _PARAMS_KERNELS[chunks["WHOLE"]]
     # programs per image: no more runs than the coarsest config has tiles, so that none is empty
-    programs = min(triton.cdiv(min(tiles(k.kwargs) for k in params.configs), _MIN_RUN),
-                   triton.cdiv(_PARTIAL_PROGRAMS, n))
+    programs = min(cdiv(min(tiles(k.kwargs) for k in params.configs), _MIN_RUN),
+                   cdiv(_PARTIAL_PROGRAMS, n))
     part = torch.empty((n * programs, o * c + o + 10 * c), device=x.device, dtype=scratch)
     launch(params, (programs, n), grad, out, x, x2, dw_weight, dw_bias, gz, part, H, W, c1, c2, o,
            ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **chunks)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._runtime import autotune, launch
+from ._runtime import autotune, cdiv, launch, next_power_of_2
 
 _ROW_CONFIGS = [triton.Config({"BLOCK_W": bw}, num_warps=nw) for bw, nw in ((256, 2), (1024, 4), (2048, 4))]
 
@@ -189,7 +189,7 @@ def le_curve(x: torch.Tensor, r: torch.Tensor, iterations: int) -> torch.Tensor:
     n, c, H, W = x.shape
     h, w = r.shape[-2:]
     y = torch.empty_like(x)
-    grid = lambda meta: (n * c * H, triton.cdiv(W, meta["BLOCK_W"]))  # noqa: E731
+    grid = lambda meta: (n * c * H, cdiv(W, meta["BLOCK_W"]))  # noqa: E731
     launch(_le_curve_fwd, grid, x, r, y, H, W, h, w, ITERATIONS=iterations, UPSAMPLE=(h, w) != (H, W),
            SHRINK=_shrink(W, w), COMPUTE=_compute(x.dtype))
     return y
@@ -205,16 +205,16 @@ def le_curve_backward(grad: torch.Tensor, x: torch.Tensor, r: torch.Tensor, iter
     # the full-size factor gradient: r's own gradient, or (upsampled) kept in float32 to be folded
     gr_full = torch.empty(x.shape, device=x.device, dtype=torch.float64 if x.dtype == torch.float64
                           else torch.float32) if upsample else torch.empty_like(r)
-    grid = lambda meta: (n * c * H, triton.cdiv(W, meta["BLOCK_W"]))  # noqa: E731
+    grid = lambda meta: (n * c * H, cdiv(W, meta["BLOCK_W"]))  # noqa: E731
     compute = _compute(x.dtype)
     launch(_le_curve_bwd, grid, grad, x, r, gx, gr_full, H, W, h, w, ITERATIONS=iterations, UPSAMPLE=upsample,
            SHRINK=_shrink(W, w), COMPUTE=compute)
     if not upsample:
         return gx, gr_full
     rows = torch.empty((n * c, h, W), device=x.device, dtype=gr_full.dtype)
-    launch(_fold_rows, (n * c * h, triton.cdiv(W, 256)), gr_full, rows, H, W, h, COMPUTE=compute, BLOCK_W=256)
+    launch(_fold_rows, (n * c * h, cdiv(W, 256)), gr_full, rows, H, W, h, COMPUTE=compute, BLOCK_W=256)
     gr = torch.empty_like(r)
-    span = triton.next_power_of_2(2 * (W - 1) // max(w - 1, 1) + 4) if w > 1 else triton.next_power_of_2(W)
-    launch(_fold_cols, (n * c * h, triton.cdiv(w, 128)), rows, gr, W, w, SPAN=span, COMPUTE=compute,
+    span = next_power_of_2(2 * (W - 1) // max(w - 1, 1) + 4) if w > 1 else next_power_of_2(W)
+    launch(_fold_cols, (n * c * h, cdiv(w, 128)), rows, gr, W, w, SPAN=span, COMPUTE=compute,
            BLOCK_Q=128)
     return gx, gr

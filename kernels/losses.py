@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._runtime import autotune, launch
+from ._runtime import autotune, cdiv, launch
 
 # Tile targets (columns, rows); the tiles actually used are whole patches of both sizes near them.
 _POOL_CONFIGS = [triton.Config({"TILE_W": tw, "TILE_H": th}, num_warps=nw)
@@ -313,9 +313,10 @@ class _Terms(NamedTuple):
 
 
 def _pool_tiles(meta: dict, rows: int, W: int, P: int, E: int) -> tuple[int, int]:
-    """(bands per image, column tiles) of _zrl_pool under config ``meta``, as the kernel computes them."""
-    unit = _lcm(P, E)
-    return triton.cdiv(rows, _whole(meta["TILE_H"], unit)), triton.cdiv(W, _whole(meta["TILE_W"], unit))
+    """(bands per image, column tiles) of _zrl_pool under config ``meta``, as the kernel computes them
+    (with the constexpr functions' plain Python, .fn: their wrappers cost microseconds on the host)."""
+    unit = _lcm.fn(P, E)
+    return cdiv(rows, _whole.fn(meta["TILE_H"], unit)), cdiv(W, _whole.fn(meta["TILE_W"], unit))
 
 
 def _losses(y: torch.Tensor, i: torch.Tensor | None, patch: int, level: float, exposure_patch: int, **on):
@@ -350,7 +351,7 @@ def _losses(y: torch.Tensor, i: torch.Tensor | None, patch: int, level: float, e
     spa_parts, spa_part = 0, pooled
     if spa:
         bh, bw = _SPA_TILE
-        spa_parts = n * triton.cdiv(t.ph, bh) * triton.cdiv(t.pw, bw)
+        spa_parts = n * cdiv(t.ph, bh) * cdiv(t.pw, bw)
         spa_part = torch.empty(spa_parts, dtype=torch.float64, **opts)
         launch(_spa_map, (spa_parts,), delta, gdelta, spa_part, n, t.ph, t.pw, P=t.P, BLOCK_H=bh, BLOCK_W=bw)
     out = [torch.empty((), dtype=y.dtype, **opts) if flag else None for flag in (spa, exposure, colour)]
@@ -372,7 +373,7 @@ def _spread(like: torch.Tensor, pooled: torch.Tensor, g_spa, g_exp, g_col, patch
     pooled = pooled.contiguous().to(torch.float64)
     gy = torch.empty(like.shape, dtype=like.dtype, device=like.device)
     gi = torch.empty(like.shape, dtype=like.dtype, device=like.device) if need_gi else gy
-    grid = lambda meta: (n * triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(W, meta["BLOCK_W"]))  # noqa: E731
+    grid = lambda meta: (n * cdiv(H, meta["BLOCK_H"]), cdiv(W, meta["BLOCK_W"]))  # noqa: E731
     launch(_zrl_spread, grid, *(pooled if g is None else g for g in (g_spa, g_exp, g_col)), pooled,
            pooled[t.spa:] if t.exposure else pooled, pooled[t.spa + t.exposure:] if t.colour else pooled, gy, gi,
            H, W, t.ph, t.pw, t.eh, t.ew, P=t.P, E=t.E, SPA=bool(t.spa), EXPOSURE=bool(t.exposure),
@@ -484,11 +485,11 @@ def tv_loss(r: torch.Tensor) -> torch.Tensor:
     _check("tv_loss", r)
     r = r.contiguous()
     n, c, H, W = r.shape
-    most = max(n * c * triton.cdiv(H, cfg.kwargs["BAND"]) * triton.cdiv(W, cfg.kwargs["BLOCK_W"])
+    most = max(n * c * cdiv(H, cfg.kwargs["BAND"]) * cdiv(W, cfg.kwargs["BLOCK_W"])
                for cfg in _tv_fwd.configs)
     part = torch.empty(most, dtype=torch.float64, device=r.device)
     tiles = torch.empty(1, dtype=torch.int32, device=r.device)
-    grid = lambda meta: (n * c * triton.cdiv(H, meta["BAND"]), triton.cdiv(W, meta["BLOCK_W"]))  # noqa: E731
+    grid = lambda meta: (n * c * cdiv(H, meta["BAND"]), cdiv(W, meta["BLOCK_W"]))  # noqa: E731
     launch(_tv_fwd, grid, r, part, tiles, H, W, COMPUTE=_compute(r.dtype))
     out = torch.empty((), dtype=r.dtype, device=r.device)
     launch(_sum_finish, (1,), part, tiles, out, n, COMPUTE=_compute(r.dtype), BLOCK=_FINISH_BLOCK)
@@ -500,6 +501,6 @@ def tv_loss_backward(grad: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     r = r.contiguous()
     n, c, H, W = r.shape
     out = torch.empty(r.shape, dtype=r.dtype, device=r.device)
-    grid = lambda meta: (n * c * triton.cdiv(H, meta["BAND"]), triton.cdiv(W, meta["BLOCK_W"]))  # noqa: E731
+    grid = lambda meta: (n * c * cdiv(H, meta["BAND"]), cdiv(W, meta["BLOCK_W"]))  # noqa: E731
     launch(_tv_bwd, grid, grad, r, out, n, H, W, COMPUTE=_compute(r.dtype))
     return out
