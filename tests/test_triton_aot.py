@@ -7,6 +7,7 @@ ops and the model run on CPU tensors, for each dtype, so this list cannot drift 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,10 @@ from sgllie.ops import _backends  # noqa: E402
 
 TARGETS = (80, 90)
 TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "triton_aot.md"
+# SGLLIE_AOT_BUILD_ONLY=1: compile errors only, no resource limits, no table. For an older Triton than
+# the one the limits and the table are kept for (a GPU runs the Triton its torch brings: torch 2.11's
+# is 3.6), whose register allocation differs but which must still build every kernel (.ci/run).
+BUILD_ONLY = os.environ.get("SGLLIE_AOT_BUILD_ONLY") == "1"
 
 
 def _drive(dtype: torch.dtype) -> None:
@@ -86,12 +91,15 @@ def test_every_launched_kernel_builds_for_sm80_and_sm90(specs):
             failures.append(f"{where}: compile error {b}")
             continue
         rows.append((spec, b))
+        if BUILD_ONLY:
+            continue
         if b.local or b.spills:
             failures.append(f"{where}: spills ({b.spills} local-memory loads and stores, {b.local} bytes "
                             f"local memory, {b.stack} bytes stack)")
         if b.shared > triton_aot.SHARED_LIMIT[capability]:
             failures.append(f"{where}: {b.shared} bytes of shared memory > {triton_aot.SHARED_LIMIT[capability]}")
-    _write_table(rows, failures)
+    if not BUILD_ONLY:
+        _write_table(rows, failures)
     assert not failures, "\n".join(failures)
 
 
