@@ -64,7 +64,7 @@ def _cases():
 
 def kernel_breakdown(name: str, kernel, calls: int = 5) -> None:
     """Each GPU kernel one call of ``kernel`` launches, with its mean time: which of an op's
-    kernels takes the time, to hold against the per-kernel predictions (README)."""
+    kernels takes the time."""
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

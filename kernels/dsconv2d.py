@@ -58,7 +58,7 @@ _PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1)
 _PARAMS_MASKED_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1, maxnreg=168)
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
 # channels per tl.dot: the forward's, its nine taps' loads in flight together in registers (Triton
-# 3.6 and older compile no float32 tl.dot with K < 16)
+# 3.6 compiles no float32 tl.dot with K < 16)
 _CHUNK = smallest_dot_k()
 # dz's: a tile's gm is the first operand of every chunk's product, reloaded from shared memory for
 # each: 44% fewer instructions with all 32 channels in one than with 8
