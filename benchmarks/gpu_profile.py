@@ -62,16 +62,21 @@ def _cases():
                2 * x.numel() * x.element_size())
 
 
-def kernel_breakdown(name: str, kernel, calls: int = 5) -> None:
-    """Each GPU kernel one call of ``kernel`` launches, with its mean time: which of an op's
-    kernels takes the time."""
+def _profiled(kernel, calls: int, activity: str):
+    """torch.profiler's per-event averages over ``calls`` calls of ``kernel`` ("CPU" or "CUDA" events)."""
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[getattr(ProfilerActivity, activity)]) as prof:
         for _ in range(calls):
             kernel()
         torch.cuda.synchronize()
-    for event in sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True):
+    return prof.key_averages()
+
+
+def kernel_breakdown(name: str, kernel, calls: int = 5) -> None:
+    """Each GPU kernel one call of ``kernel`` launches, with its mean time: which of an op's
+    kernels takes the time."""
+    for event in sorted(_profiled(kernel, calls, "CUDA"), key=lambda e: e.device_time_total, reverse=True):
         if event.device_time_total > 0:
             print(f"| {name} | {event.key[:60]} | {event.count / calls:.0f} | {event.device_time_total / calls:.1f} |")
 
@@ -79,13 +84,8 @@ def kernel_breakdown(name: str, kernel, calls: int = 5) -> None:
 def host_breakdown(name: str, kernel, calls: int = 20) -> None:
     """Where the host's time goes in a call (for an op whose launches from Python take far longer
     than its kernels replayed as a graph)."""
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(calls):
-            kernel()
-        torch.cuda.synchronize()
-    for event in sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]:
+    events = sorted(_profiled(kernel, calls, "CPU"), key=lambda e: e.self_cpu_time_total, reverse=True)
+    for event in events[:12]:
         print(f"| {name} | {event.key[:60]} | {event.count / calls:.1f} | {event.self_cpu_time_total / calls:.1f} |")
 
 
