@@ -81,21 +81,27 @@ def resources(compiled, capability: int) -> Build:
 
 
 _jobs: list = []  # build_all's (specialisation, capability) pairs, read by its forked workers
+_measure = True   # build_all's choice: read each build's resources, or compile only
 
 
 def _build_job(k: int):
     spec, capability = _jobs[k]
     try:
+        if not _measure:
+            compile_for(spec, capability)
+            return None
         return build(spec, capability)
     except Exception as e:  # reported with the others
         return f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
 
 
-def build_all(specs, capabilities) -> list[tuple[object, int, Build | str]]:
+def build_all(specs, capabilities, measure: bool = True) -> list[tuple[object, int, Build | None | str]]:
     """(spec, capability, its Build or its compile error) for every pair, built on every core by
-    forked workers (a specialisation holds its kernel, which does not pickle)."""
-    global _jobs
+    forked workers (a specialisation holds its kernel, which does not pickle). With ``measure``
+    False the Build is None: compile errors only, no cuobjdump run per build."""
+    global _jobs, _measure
     _jobs = [(spec, capability) for spec in specs for capability in capabilities]
+    _measure = measure
     workers = min(len(os.sched_getaffinity(0)), 8)
     if workers < 2:
         results = [_build_job(k) for k in range(len(_jobs))]
