@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sgllie.ops import _backends
+from sgllie.ops import _backends, _library
 
 
 @dataclass
@@ -123,7 +123,6 @@ def _launches_kernel(func) -> bool:
 def _aten_kernel_mode(names: list):
     """A dispatch mode appending to ``names`` the aten ops that would launch a GPU kernel, also inside
     sgllie's custom ops (whose Python body it runs under itself: a custom op would hide its insides)."""
-    from torch._library.custom_ops import OPDEFS  # noqa: PLC0415
     from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC0415
 
     class Mode(TorchDispatchMode):
@@ -131,7 +130,7 @@ def _aten_kernel_mode(names: list):
             kwargs = kwargs or {}
             if func.namespace == "sgllie":
                 with self:
-                    return OPDEFS[func._schema.name]._init_fn(*args, **kwargs)
+                    return _library.BODIES[func._schema.name](*args, **kwargs)
             if _launches_kernel(func):
                 names.append(func._schema.name)
             return func(*args, **kwargs)

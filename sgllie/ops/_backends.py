@@ -48,6 +48,7 @@ _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("sgllie_b
 _triton_dry_run: contextvars.ContextVar[bool] = contextvars.ContextVar("sgllie_triton_dry_run", default=False)
 
 
+@functools.cache  # Triton reads it once too, when a kernel's module is imported
 def triton_interpreting() -> bool:
     """TRITON_INTERPRET=1: Triton runs its kernels in an interpreter on CPU tensors (tests, no GPU)."""
     return os.environ.get("TRITON_INTERPRET") == "1"

@@ -1,10 +1,17 @@
-"""The ``sgllie::`` custom ops: schema, fake (shape) kernels for torch.compile/export, and autograd.
+"""The ``sgllie::`` ops: schema, fake (shape) kernels for torch.compile/export, and autograd.
 
 Each op takes the resolved backend name as its last argument and runs that backend's kernel, so the
 choice made in Python survives tracing. Backward is an op of its own (``<op>_backward``) calling the
 backend's backward kernel. Double backward is not supported.
+
+The ops are defined with ``torch.library.Library`` and an autograd.Function at the Autograd key, as
+``torch.library.custom_op`` does, without its per-call Python layers (argument defaults filled back
+in, an output-aliasing check, a Function even when no graph is recorded). Measured on a 2-core EPYC,
+a no-op's forward+backward round trip: custom_op 86 us, this 49 us; these ops are often host-bound.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -13,24 +20,64 @@ from ._backends import kernels
 
 _EMPTY = ()  # shape of the placeholder returned for x2's gradient when there is no x2 (autograd drops it)
 
+_lib = torch.library.Library("sgllie", "DEF")
+BODIES: dict[str, Callable] = {}  # "sgllie::<op>" -> its Python body (sgllie.kernels._counting runs them)
+
+
+def _op(fn: Callable) -> torch._ops.OpOverload:
+    """Define ``sgllie::<fn's name>`` with the schema of fn's annotations and fn as its kernel for
+    every device."""
+    name = fn.__name__
+    _lib.define(name + torch.library.infer_schema(fn, mutates_args=()), tags=(torch.Tag.pt2_compliant_tag,))
+    _lib.impl(name, fn, "CompositeExplicitAutograd")
+    BODIES[f"sgllie::{name}"] = fn
+    return getattr(torch.ops.sgllie, name).default
+
+
+def _fake(op: torch._ops.OpOverload):
+    """Decorator: the op's shape function, for fake tensors (torch.compile, export)."""
+    return torch.library.register_fake(op, lib=_lib)
+
+
+def _autograd(op: torch._ops.OpOverload, backward: Callable, setup_context: Callable) -> None:
+    """``op``'s autograd, with the signatures of ``torch.library.register_autograd``."""
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            with torch._C._AutoDispatchBelowAutograd():  # run the kernel below this Autograd key
+                output = op(*args)
+            setup_context(ctx, args, output)
+            return output
+
+    Function.backward = staticmethod(backward)
+
+    def autograd_kernel(*args):
+        # no graph to record (inference, no_grad): skip autograd.Function's own overhead
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            return Function.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    _lib.impl(op._opname, autograd_kernel, "Autograd")
+
 
 def _scalar(t: Tensor) -> Tensor:
     return t.new_empty(())
 
 
 # ----------------------------------------------------------------------------- dsconv2d
-@torch.library.custom_op("sgllie::dsconv2d", mutates_args=())
+@_op
 def dsconv2d(x: Tensor, x2: Tensor | None, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor,
              pw_bias: Tensor, activation: str, backend: str) -> Tensor:
     return kernels(backend).dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
 
 
-@dsconv2d.register_fake
+@_fake(dsconv2d)
 def _(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, backend):
     return x.new_empty(x.shape[0], pw_weight.shape[0], x.shape[2], x.shape[3])
 
 
-@torch.library.custom_op("sgllie::dsconv2d_backward", mutates_args=())
+@_op
 def dsconv2d_backward(grad: Tensor, x: Tensor, x2: Tensor | None, dw_weight: Tensor, dw_bias: Tensor,
                       pw_weight: Tensor, pw_bias: Tensor, out: Tensor | None, activation: str, backend: str
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -39,7 +86,7 @@ def dsconv2d_backward(grad: Tensor, x: Tensor, x2: Tensor | None, dw_weight: Ten
     return (gx, x.new_empty(_EMPTY) if gx2 is None else gx2, *gparams)
 
 
-@dsconv2d_backward.register_fake
+@_fake(dsconv2d_backward)
 def _(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, out, activation, backend):
     return (torch.empty_like(x), x.new_empty(_EMPTY) if x2 is None else torch.empty_like(x2),
             torch.empty_like(dw_weight), torch.empty_like(dw_bias), torch.empty_like(pw_weight),
@@ -59,27 +106,27 @@ def _dsconv2d_grad(ctx, grad):
     return gx, (None if x2 is None else gx2), *gparams, None, None
 
 
-dsconv2d.register_autograd(_dsconv2d_grad, setup_context=_dsconv2d_setup)
+_autograd(dsconv2d, _dsconv2d_grad, _dsconv2d_setup)
 
 
 # ----------------------------------------------------------------------------- le_curve
-@torch.library.custom_op("sgllie::le_curve", mutates_args=())
+@_op
 def le_curve(x: Tensor, r: Tensor, iterations: int, backend: str) -> Tensor:
     return kernels(backend).le_curve(x, r, iterations)
 
 
-@le_curve.register_fake
+@_fake(le_curve)
 def _(x, r, iterations, backend):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("sgllie::le_curve_backward", mutates_args=())
+@_op
 def le_curve_backward(grad: Tensor, x: Tensor, r: Tensor, iterations: int, backend: str
                       ) -> tuple[Tensor, Tensor]:
     return tuple(kernels(backend).le_curve_backward(grad, x, r, iterations))
 
 
-@le_curve_backward.register_fake
+@_fake(le_curve_backward)
 def _(grad, x, r, iterations, backend):
     return torch.empty_like(x), torch.empty_like(r)
 
@@ -94,27 +141,27 @@ def _le_curve_grad(ctx, grad):
     return *le_curve_backward(grad, x, r, ctx.iterations, ctx.backend), None, None
 
 
-le_curve.register_autograd(_le_curve_grad, setup_context=_le_curve_setup)
+_autograd(le_curve, _le_curve_grad, _le_curve_setup)
 
 
 # ----------------------------------------------------------------------------- losses
-@torch.library.custom_op("sgllie::spatial_consistency_loss", mutates_args=())
+@_op
 def spatial_consistency_loss(y: Tensor, i: Tensor, patch: int, backend: str) -> Tensor:
     return kernels(backend).spatial_consistency_loss(y, i, patch)
 
 
-@torch.library.custom_op("sgllie::spatial_consistency_loss_backward", mutates_args=())
+@_op
 def spatial_consistency_loss_backward(grad: Tensor, y: Tensor, i: Tensor, patch: int, backend: str
                                       ) -> tuple[Tensor, Tensor]:
     return tuple(kernels(backend).spatial_consistency_loss_backward(grad, y, i, patch))
 
 
-@spatial_consistency_loss.register_fake
+@_fake(spatial_consistency_loss)
 def _(y, i, patch, backend):
     return _scalar(y)
 
 
-@spatial_consistency_loss_backward.register_fake
+@_fake(spatial_consistency_loss_backward)
 def _(grad, y, i, patch, backend):
     return torch.empty_like(y), torch.empty_like(i)
 
@@ -128,25 +175,25 @@ def _spa_grad(ctx, grad):
     return *spatial_consistency_loss_backward(grad, *ctx.saved_tensors, ctx.patch, ctx.backend), None, None
 
 
-spatial_consistency_loss.register_autograd(_spa_grad, setup_context=_spa_setup)
+_autograd(spatial_consistency_loss, _spa_grad, _spa_setup)
 
 
-@torch.library.custom_op("sgllie::exposure_loss", mutates_args=())
+@_op
 def exposure_loss(y: Tensor, level: float, patch: int, backend: str) -> Tensor:
     return kernels(backend).exposure_loss(y, level, patch)
 
 
-@torch.library.custom_op("sgllie::exposure_loss_backward", mutates_args=())
+@_op
 def exposure_loss_backward(grad: Tensor, y: Tensor, level: float, patch: int, backend: str) -> Tensor:
     return kernels(backend).exposure_loss_backward(grad, y, level, patch)
 
 
-@exposure_loss.register_fake
+@_fake(exposure_loss)
 def _(y, level, patch, backend):
     return _scalar(y)
 
 
-@exposure_loss_backward.register_fake
+@_fake(exposure_loss_backward)
 def _(grad, y, level, patch, backend):
     return torch.empty_like(y)
 
@@ -161,25 +208,25 @@ def _exp_grad(ctx, grad):
     return exposure_loss_backward(grad, y, ctx.level, ctx.patch, ctx.backend), None, None, None
 
 
-exposure_loss.register_autograd(_exp_grad, setup_context=_exp_setup)
+_autograd(exposure_loss, _exp_grad, _exp_setup)
 
 
-@torch.library.custom_op("sgllie::color_constancy_loss", mutates_args=())
+@_op
 def color_constancy_loss(y: Tensor, backend: str) -> Tensor:
     return kernels(backend).color_constancy_loss(y)
 
 
-@torch.library.custom_op("sgllie::color_constancy_loss_backward", mutates_args=())
+@_op
 def color_constancy_loss_backward(grad: Tensor, y: Tensor, backend: str) -> Tensor:
     return kernels(backend).color_constancy_loss_backward(grad, y)
 
 
-@color_constancy_loss.register_fake
+@_fake(color_constancy_loss)
 def _(y, backend):
     return _scalar(y)
 
 
-@color_constancy_loss_backward.register_fake
+@_fake(color_constancy_loss_backward)
 def _(grad, y, backend):
     return torch.empty_like(y)
 
@@ -194,25 +241,25 @@ def _col_grad(ctx, grad):
     return color_constancy_loss_backward(grad, y, ctx.backend), None
 
 
-color_constancy_loss.register_autograd(_col_grad, setup_context=_col_setup)
+_autograd(color_constancy_loss, _col_grad, _col_setup)
 
 
-@torch.library.custom_op("sgllie::tv_loss", mutates_args=())
+@_op
 def tv_loss(r: Tensor, backend: str) -> Tensor:
     return kernels(backend).tv_loss(r)
 
 
-@torch.library.custom_op("sgllie::tv_loss_backward", mutates_args=())
+@_op
 def tv_loss_backward(grad: Tensor, r: Tensor, backend: str) -> Tensor:
     return kernels(backend).tv_loss_backward(grad, r)
 
 
-@tv_loss.register_fake
+@_fake(tv_loss)
 def _(r, backend):
     return _scalar(r)
 
 
-@tv_loss_backward.register_fake
+@_fake(tv_loss_backward)
 def _(grad, r, backend):
     return torch.empty_like(r)
 
@@ -227,17 +274,17 @@ def _tv_grad(ctx, grad):
     return tv_loss_backward(grad, r, ctx.backend), None
 
 
-tv_loss.register_autograd(_tv_grad, setup_context=_tv_setup)
+_autograd(tv_loss, _tv_grad, _tv_setup)
 
 
-@torch.library.custom_op("sgllie::zero_reference_loss", mutates_args=())
+@_op
 def zero_reference_loss(y: Tensor, i: Tensor, patch: int, level: float, exposure_patch: int, backend: str
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(spa, exp, col, pooled_grads): see reference.zero_reference_loss_forward."""
     return tuple(kernels(backend).zero_reference_loss_forward(y, i, patch, level, exposure_patch))
 
 
-@torch.library.custom_op("sgllie::zero_reference_loss_backward", mutates_args=())
+@_op
 def zero_reference_loss_backward(g_spa: Tensor, g_exp: Tensor, g_col: Tensor, pooled_grads: Tensor,
                                  y: Tensor, need_grad_i: bool, patch: int, exposure_patch: int, backend: str
                                  ) -> tuple[Tensor, Tensor]:
@@ -246,14 +293,14 @@ def zero_reference_loss_backward(g_spa: Tensor, g_exp: Tensor, g_col: Tensor, po
     return gy, y.new_empty(_EMPTY) if gi is None else gi
 
 
-@zero_reference_loss.register_fake
+@_fake(zero_reference_loss)
 def _(y, i, patch, level, exposure_patch, backend):
     n, _, h, w = y.shape
     pooled = n * ((h // patch) * (w // patch) + (h // exposure_patch) * (w // exposure_patch) + 3)
     return _scalar(y), _scalar(y), _scalar(y), y.new_empty(pooled, dtype=torch.float64)
 
 
-@zero_reference_loss_backward.register_fake
+@_fake(zero_reference_loss_backward)
 def _(g_spa, g_exp, g_col, pooled_grads, y, need_grad_i, patch, exposure_patch, backend):
     return torch.empty_like(y), torch.empty_like(y) if need_grad_i else y.new_empty(_EMPTY)
 
@@ -274,4 +321,4 @@ def _zrl_grad(ctx, g_spa, g_exp, g_col, _):
     return gy, gi if need_grad_i else None, None, None, None, None
 
 
-zero_reference_loss.register_autograd(_zrl_grad, setup_context=_zrl_setup)
+_autograd(zero_reference_loss, _zrl_grad, _zrl_setup)
