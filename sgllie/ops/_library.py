@@ -211,70 +211,33 @@ def _exp_grad(ctx, grad):
 _autograd(exposure_loss, _exp_grad, _exp_setup)
 
 
-@_op
-def color_constancy_loss(y: Tensor, backend: str) -> Tensor:
-    return kernels(backend).color_constancy_loss(y)
+def _single_input_loss(name: str) -> torch._ops.OpOverload:
+    """``sgllie::<name>(Tensor x, str backend) -> 0-d``, its backward op and its autograd."""
+    def forward(x: Tensor, backend: str) -> Tensor:
+        return getattr(kernels(backend), name)(x)
+
+    def backward(grad: Tensor, x: Tensor, backend: str) -> Tensor:
+        return getattr(kernels(backend), f"{name}_backward")(grad, x)
+
+    forward.__name__, backward.__name__ = name, f"{name}_backward"
+    op, backward_op = _op(forward), _op(backward)
+    _fake(op)(lambda x, backend: _scalar(x))
+    _fake(backward_op)(lambda grad, x, backend: torch.empty_like(x))
+
+    def setup(ctx, inputs, output):
+        x, ctx.backend = inputs
+        ctx.save_for_backward(x)
+
+    def grad(ctx, g):
+        (x,) = ctx.saved_tensors
+        return backward_op(g, x, ctx.backend), None
+
+    _autograd(op, grad, setup)
+    return op
 
 
-@_op
-def color_constancy_loss_backward(grad: Tensor, y: Tensor, backend: str) -> Tensor:
-    return kernels(backend).color_constancy_loss_backward(grad, y)
-
-
-@_fake(color_constancy_loss)
-def _(y, backend):
-    return _scalar(y)
-
-
-@_fake(color_constancy_loss_backward)
-def _(grad, y, backend):
-    return torch.empty_like(y)
-
-
-def _col_setup(ctx, inputs, output):
-    y, ctx.backend = inputs
-    ctx.save_for_backward(y)
-
-
-def _col_grad(ctx, grad):
-    (y,) = ctx.saved_tensors
-    return color_constancy_loss_backward(grad, y, ctx.backend), None
-
-
-_autograd(color_constancy_loss, _col_grad, _col_setup)
-
-
-@_op
-def tv_loss(r: Tensor, backend: str) -> Tensor:
-    return kernels(backend).tv_loss(r)
-
-
-@_op
-def tv_loss_backward(grad: Tensor, r: Tensor, backend: str) -> Tensor:
-    return kernels(backend).tv_loss_backward(grad, r)
-
-
-@_fake(tv_loss)
-def _(r, backend):
-    return _scalar(r)
-
-
-@_fake(tv_loss_backward)
-def _(grad, r, backend):
-    return torch.empty_like(r)
-
-
-def _tv_setup(ctx, inputs, output):
-    r, ctx.backend = inputs
-    ctx.save_for_backward(r)
-
-
-def _tv_grad(ctx, grad):
-    (r,) = ctx.saved_tensors
-    return tv_loss_backward(grad, r, ctx.backend), None
-
-
-_autograd(tv_loss, _tv_grad, _tv_setup)
+color_constancy_loss = _single_input_loss("color_constancy_loss")
+tv_loss = _single_input_loss("tv_loss")
 
 
 @_op
