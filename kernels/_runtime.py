@@ -153,19 +153,19 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     autotuned kernel; only recorded inside dry_run()."""
     tuned = isinstance(kernel, triton.runtime.Autotuner)
     fn = kernel.fn if tuned else kernel
-    if tuned:
-        configs = kernel.configs
-    else:
-        configs = [triton.Config({}, num_warps=kwargs.pop("num_warps", 4), num_stages=kwargs.pop("num_stages", 3))]
+    if not tuned:  # Triton's defaults, explicit so that a dry run records what the JIT would build
+        kwargs = {"num_warps": 4, "num_stages": 3} | kwargs
     if _recorded.get() is not None:
-        _record(fn, args, kwargs, configs)
+        _record(fn, args, kwargs, kernel.configs if tuned else [
+            triton.Config({}, num_warps=kwargs["num_warps"], num_stages=kwargs["num_stages"])])
         return
     forced = _forced_config.get()
     if tuned and (forced is not None or _backends.triton_interpreting()):
-        config = configs[(forced or 0) % len(configs)]
+        config = kernel.configs[(forced or 0) % len(kernel.configs)]
         kernel, kwargs = fn, kwargs | config.all_kwargs()
-    elif not tuned:
-        kwargs = kwargs | {"num_warps": configs[0].num_warps, "num_stages": configs[0].num_stages}
-    from . import _counting  # noqa: PLC0415  (interpreter only; imported on first launch)
+    if not _backends.triton_interpreting():
+        kernel[grid](*args, **kwargs)
+        return
+    from . import _counting  # noqa: PLC0415  (bytes are counted under the interpreter only)
     with _counting.launch_scope(fn.__name__, grid, args, kwargs):
         kernel[grid](*args, **kwargs)
