@@ -85,8 +85,9 @@ class EnhanceNet(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         padded, (h, w) = self._pad(x)
-        r = self.factor_map(padded)
-        enhanced = ops.le_curve(padded, r, ITERATIONS)
+        with ops.no_finite_checks():  # x was checked; the layers' inputs derive from it
+            r = self.factor_map(padded)
+            enhanced = ops.le_curve(padded, r, ITERATIONS)
         if r.shape[-2:] != padded.shape[-2:]:
             r = ops.reference.upsample_factor_map(r, tuple(padded.shape[-2:]))
         return enhanced[..., :h, :w], r[..., :h, :w]
@@ -96,13 +97,15 @@ class EnhanceNet(nn.Module):
         ``adjust_factor_map`` maps r (at the working resolution) before the curve, e.g. to smooth it
         across video frames."""
         padded, (h, w) = self._pad(x)
-        r = self.factor_map(padded)
-        if adjust_factor_map is not None:
-            r = adjust_factor_map(r)
-        return ops.le_curve(padded, r, ITERATIONS)[..., :h, :w]
+        with ops.no_finite_checks():  # x was checked; the layers' inputs derive from it
+            r = self.factor_map(padded)
+            if adjust_factor_map is not None:
+                r = adjust_factor_map(r)
+            return ops.le_curve(padded, r, ITERATIONS)[..., :h, :w]
 
     def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         ops.check.tensor4d("EnhanceNet", "x", x, channels=3)
+        ops.check.finite("EnhanceNet", x=x)  # the one NaN/Inf check of a forward (the weights: at loading)
         h, w = x.shape[-2:]
         s = self.scale_factor
         ph, pw = -h % s, -w % s
@@ -129,13 +132,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, str, dict]:
     except Exception as e:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
-        return data["state_dict"], data["conv_type"], data.get("meta", {})
-    if isinstance(data, dict) and "e_conv1.depth_conv.weight" in data:
-        return data, "dsc", {"source": "reference checkpoint"}
-    if isinstance(data, dict) and "e_conv1.conv.weight" in data:
-        return data, "tc", {"source": "reference checkpoint"}
-    raise ValueError(f"{path}: not an SGZ checkpoint (neither sgllie's format nor the reference's "
-                     "e_conv1..e_conv7 state_dict)")
+        state, conv_type, meta = data["state_dict"], data["conv_type"], data.get("meta", {})
+    elif isinstance(data, dict) and "e_conv1.depth_conv.weight" in data:
+        state, conv_type, meta = data, "dsc", {"source": "reference checkpoint"}
+    elif isinstance(data, dict) and "e_conv1.conv.weight" in data:
+        state, conv_type, meta = data, "tc", {"source": "reference checkpoint"}
+    else:
+        raise ValueError(f"{path}: not an SGZ checkpoint (neither sgllie's format nor the reference's "
+                         "e_conv1..e_conv7 state_dict)")
+    # checked here, once: the model's forward checks its input only, not each layer
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise ValueError(f"{path}: weights contain NaN or Inf ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}): a diverged training run?")
+    return state, conv_type, meta
 
 
 def load_model(path: str | os.PathLike | None = None, scale_factor: int = 12,

@@ -143,6 +143,11 @@ def test_bad_checkpoints(tmp_path):
     torch.save(state, tmp_path / "shape.pth")
     with pytest.raises(ValueError, match="shape.pth: weights do not fit"):
         sgllie.load_model(tmp_path / "shape.pth")
+    state = sgllie.EnhanceNet().state_dict()
+    state["e_conv3.depth_conv.bias"][1] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(ValueError, match=r"nan.pth: weights contain NaN or Inf \(e_conv3.depth_conv.bias\)"):
+        sgllie.load_model(tmp_path / "nan.pth")
 
 
 def test_bad_model_arguments():
@@ -152,6 +157,25 @@ def test_bad_model_arguments():
         sgllie.EnhanceNet(scale_factor=0)
     with pytest.raises(ValueError, match="3 channels"):
         sgllie.EnhanceNet()(torch.rand(1, 4, 8, 8))
+    with pytest.raises(sgllie.ops.OpInputError, match="EnhanceNet: x contains NaN or Inf"):
+        sgllie.EnhanceNet().enhance(torch.full((1, 3, 8, 8), float("inf")))
+
+
+def test_forward_checks_its_input_once(monkeypatch):
+    """One NaN/Inf check per forward (each is a reduction and a host sync), not one per layer."""
+    checked = []
+    real_finite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: checked.append(tuple(t.shape)) or real_finite(t))
+    net = sgllie.EnhanceNet(scale_factor=2)
+    x = torch.rand(1, 3, 10, 12)
+    net(x)
+    assert checked == [()]  # the input's sum
+    checked.clear()
+    net.enhance(x, adjust_factor_map=lambda r: r * 0.5)
+    assert checked == [()]
+    checked.clear()
+    sgllie.ops.le_curve(x, x)  # a direct call of an op still checks its inputs
+    assert checked == [(), ()]
 
 
 @pytest.mark.slow

@@ -13,12 +13,12 @@ from . import _checks as check
 from . import _library, reference
 from . import _backends
 from ._backends import BackendUnavailableError, available_backends, backend_status, resolve, use_backend
-from ._checks import OpInputError
+from ._checks import OpInputError, no_finite_checks
 
 __all__ = [
     "dsconv2d", "le_curve", "spatial_consistency_loss", "exposure_loss", "color_constancy_loss",
     "tv_loss", "zero_reference_loss", "available_backends", "backend_status", "use_backend",
-    "reference", "OpInputError", "BackendUnavailableError",
+    "no_finite_checks", "reference", "OpInputError", "BackendUnavailableError",
 ]
 
 def _choose(op: str, backend: str | None, t: Tensor, run) -> str:

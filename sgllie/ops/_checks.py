@@ -1,6 +1,8 @@
 """Argument checks shared by the public ops: bad input fails here, in one clear line, not deep inside."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import torch
@@ -52,11 +54,32 @@ def positive_int(op: str, name: str, value, allowed: tuple[int, ...] | None = No
         fail(op, f"{name} must be one of {allowed}, got {value}")
 
 
+_skipped: contextvars.ContextVar[bool] = contextvars.ContextVar("sgllie_finite_checks_skipped", default=False)
+
+
+@contextlib.contextmanager
+def _skipping():
+    token = _skipped.set(True)
+    try:
+        yield
+    finally:
+        _skipped.reset(token)
+
+
+def no_finite_checks():
+    """Inside this context the ops skip their NaN/Inf input check: for callers that checked the inputs
+    the ops' inputs derive from (EnhanceNet checks its image once, not each layer's activations).
+    Each check is a reduction and a host sync, so a check per layer stalls a GPU's queue."""
+    if torch.compiler.is_compiling():  # nothing is checked there; and a ContextVar would break the graph
+        return contextlib.nullcontext()
+    return _skipping()
+
+
 def _finite_checks_enabled() -> bool:
-    if os.environ.get("SGLLIE_CHECK_FINITE", "1") == "0":
-        return False
     # a data-dependent check would break graph capture and compilation: skip it there
     if torch.compiler.is_compiling():
+        return False
+    if _skipped.get() or os.environ.get("SGLLIE_CHECK_FINITE", "1") == "0":
         return False
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
