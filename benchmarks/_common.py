@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import sgllie.ops
@@ -145,19 +144,8 @@ def _block(block, x: Tensor, x2: Tensor | None = None, activation: str = "none")
     return block(x, x2, activation)  # the 'tc' blocks are plain PyTorch already
 
 
-def _pad(model: EnhanceNet, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    h, w = x.shape[-2:]
-    s = model.scale_factor
-    ph, pw = -h % s, -w % s
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
-    return x, (h, w)
-
-
 def plain_factor_map(model: EnhanceNet, x: Tensor) -> Tensor:
-    s = model.scale_factor
-    x_down = x if s == 1 else F.interpolate(x, scale_factor=1 / s, mode="bilinear")
-    x1 = _block(model.e_conv1, x_down, activation="relu")
+    x1 = _block(model.e_conv1, model.downscale(x), activation="relu")
     x2 = _block(model.e_conv2, x1, activation="relu")
     x3 = _block(model.e_conv3, x2, activation="relu")
     x4 = _block(model.e_conv4, x3, activation="relu")
@@ -168,7 +156,8 @@ def plain_factor_map(model: EnhanceNet, x: Tensor) -> Tensor:
 
 def plain_forward(model: EnhanceNet, x: Tensor) -> tuple[Tensor, Tensor]:
     """EnhanceNet.forward in plain PyTorch: (enhanced, full-size r)."""
-    padded, (h, w) = _pad(model, x)
+    h, w = x.shape[-2:]
+    padded = model.pad(x)
     r = plain_factor_map(model, padded)
     enhanced = R.le_curve(padded, r, ITERATIONS)
     if r.shape[-2:] != padded.shape[-2:]:
@@ -178,7 +167,8 @@ def plain_forward(model: EnhanceNet, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def plain_enhance(model: EnhanceNet, x: Tensor) -> Tensor:
     """EnhanceNet.enhance in plain PyTorch."""
-    padded, (h, w) = _pad(model, x)
+    h, w = x.shape[-2:]
+    padded = model.pad(x)
     return R.le_curve(padded, plain_factor_map(model, padded), ITERATIONS)[..., :h, :w]
 
 

@@ -73,8 +73,15 @@ class EnhanceNet(nn.Module):
 
     def factor_map(self, x: Tensor) -> Tensor:
         """r at the network's working resolution (H/s, W/s); x's H, W must be multiples of s."""
+        return self.factor_network(self.downscale(x))
+
+    def downscale(self, x: Tensor) -> Tensor:
+        """x at the network's working resolution; H, W must be multiples of s."""
         s = self.scale_factor
-        x_down = x if s == 1 else F.interpolate(x, scale_factor=1 / s, mode="bilinear")
+        return x if s == 1 else F.interpolate(x, scale_factor=1 / s, mode="bilinear")
+
+    def factor_network(self, x_down: Tensor) -> Tensor:
+        """The seven blocks: the factor map r of an image at the working resolution."""
         x1 = self.e_conv1(x_down, activation="relu")
         x2 = self.e_conv2(x1, activation="relu")
         x3 = self.e_conv3(x2, activation="relu")
@@ -84,7 +91,8 @@ class EnhanceNet(nn.Module):
         return self.e_conv7(x1, x6, activation="tanh")  # tanh fused into the last block
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        padded, (h, w) = self._pad(x)
+        h, w = self.check_input(x)
+        padded = self.pad(x)
         with ops.no_finite_checks():  # x was checked; the layers' inputs derive from it
             r = self.factor_map(padded)
             enhanced = ops.le_curve(padded, r, ITERATIONS)
@@ -96,23 +104,30 @@ class EnhanceNet(nn.Module):
         """The enhanced image only: the full-size factor map is never materialised.
         ``adjust_factor_map`` maps r (at the working resolution) before the curve, e.g. to smooth it
         across video frames."""
-        padded, (h, w) = self._pad(x)
+        h, w = self.check_input(x)
+        padded = self.pad(x)
         with ops.no_finite_checks():  # x was checked; the layers' inputs derive from it
             r = self.factor_map(padded)
             if adjust_factor_map is not None:
                 r = adjust_factor_map(r)
             return ops.le_curve(padded, r, ITERATIONS)[..., :h, :w]
 
-    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    def check_input(self, x: Tensor) -> tuple[int, int]:
+        """x's H, W, once x is known to be an (N, 3, H, W) image with no NaN/Inf (the one such check
+        of a forward; the weights': at loading)."""
         ops.check.tensor4d("EnhanceNet", "x", x, channels=3)
-        ops.check.finite("EnhanceNet", x=x)  # the one NaN/Inf check of a forward (the weights: at loading)
+        ops.check.finite("EnhanceNet", x=x)
+        return x.shape[-2], x.shape[-1]
+
+    def pad(self, x: Tensor) -> Tensor:
+        """x with H, W padded up to multiples of s (reflected; replicated where too small to reflect)."""
         h, w = x.shape[-2:]
         s = self.scale_factor
         ph, pw = -h % s, -w % s
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        return x, (h, w)
+        return x
 
 
 def save_checkpoint(model: EnhanceNet, path: str | os.PathLike, **meta) -> None:

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import ops
 from .graphs import GraphedEnhance
 from .io import to_uint8
 from .model import EnhanceNet
@@ -104,16 +103,13 @@ class FrameEnhancer:
     possible; with ``smoothing``, the factor maps pass through a ``TemporalSmoother`` first."""
 
     def __init__(self, model: EnhanceNet, backend: str | None = None, smoothing: float | None = None):
-        self.model, self.backend = model, backend
         self.smoother = TemporalSmoother(smoothing) if smoothing is not None else None
         self.graphed = GraphedEnhance(model, backend=backend)
 
-    @torch.inference_mode()
     def __call__(self, x: Tensor, brightness: list[float]) -> Tensor:
         if self.smoother is None:
             return self.graphed(x)
-        with ops.use_backend(self.backend or "auto"):
-            return self.model.enhance(x, adjust_factor_map=lambda r: self.smoother(r, brightness))
+        return self.graphed(x, adjust_factor_map=lambda r: self.smoother(r, brightness))
 
 
 _END = object()
