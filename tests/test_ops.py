@@ -76,7 +76,9 @@ def test_dsconv2d(backend, dtype, with_x2, activation, width):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,rshape", [((2, 3, 17, 23), (2, 3, 17, 23)), ((2, 3, 25, 37), (2, 3, 3, 4)),
-                                          ((1, 3, 5, 3), (1, 3, 1, 1)), ((1, 3, 3, 300), (1, 3, 2, 7))])
+                                          ((1, 3, 5, 3), (1, 3, 1, 1)), ((1, 3, 3, 300), (1, 3, 2, 7)),
+                                          # planes not in threes; in threes across images
+                                          ((1, 2, 9, 13), (1, 2, 4, 5)), ((3, 2, 7, 9), (3, 2, 2, 3))])
 def test_le_curve(backend, dtype, shape, rshape):
     dev = device_of(backend)
     x, r = rand(*shape, dtype=dtype), rand(*rshape, dtype=dtype, lo=-1)
