@@ -10,10 +10,10 @@ of the depthwise output z, then one tl.dot with CHUNK rows of the pointwise weig
 masked up to BLOCK_O >= 16. A chunk's nine taps are loaded together: 8 channels keep them in
 registers, where 16 held one tap at a time. The backward kernels have chunks of their own
 (_DZ_CHUNK, _PARAMS_CHUNK).
-float32 products run on the tensor cores as 3xTF32 (each operand split into a TF32 high part and a
-TF32 remainder, three TF32 products summed: float32 accuracy, where PyTorch's default TF32 conv
-keeps 10 bits; the interpreter tests round as the tensor cores do: tests/tensor_cores.py); float64
-ones on FMAs ("ieee").
+float32 products run on the tensor cores as 3xTF32 (_dot: each operand split exactly into its TF32
+high part and the remainder, three TF32 products chained: float32 accuracy, where PyTorch's default
+TF32 conv keeps 10 bits; the interpreter tests round as the tensor cores do: tests/tensor_cores.py);
+float64 ones on FMAs ("ieee").
 
 Forward: one read of x (and x2) with the tile's halo, one write of y.
 Backward: three kernels, each small enough to keep in registers (one kernel doing it all spilled:
@@ -63,7 +63,7 @@ _CHUNK = smallest_dot_k()
 # dz's: a tile's gm is the first operand of every chunk's product, reloaded from shared memory for
 # each: 44% fewer instructions with all 32 channels in one than with 8
 _DZ_CHUNK = 32
-# params': a tile's gm is loaded, split for 3xTF32 and converted for the dot once per chunk; 16
+# params': a tile's gm is loaded, split into TF32 parts and converted for the dot once per chunk; 16
 # channels need 23% fewer instructions per pixel than 8 at four blocks per SM (32: 30% fewer, two)
 _PARAMS_CHUNK = 16
 # params programs over all images: enough to fill the GPU, few enough that their rows of partial
@@ -72,10 +72,31 @@ _PARTIAL_PROGRAMS = 1024
 _MIN_RUN = 4
 
 
-@triton.constexpr_function
-def _precision(compute):
-    """tl.dot's input precision for a compute type (the interpreter ignores it: its products are exact)."""
-    return "ieee" if compute == tl.float64 else "tf32x3"
+@triton.jit
+def _tf32_high(x):
+    """float32 x with the 13 low mantissa bits that TF32 drops cleared: x - _tf32_high(x) is exact."""
+    return (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot(a, b, acc, COMPUTE: tl.constexpr):
+    """acc + a b; float32 to float32 accuracy on the tensor cores (3xTF32): a = a_hi + a_lo exactly
+    (likewise b), and a_lo b_hi, a_hi b_lo, a_hi b_hi chained onto acc as TF32 products (a_lo b_lo,
+    ~2^-20 relative, left out). Triton's own "tf32x3" rounds the high parts to nearest (5
+    instructions an element, not 1) and sums the small products apart, zeroing NaN there, before
+    adding them (3 more per accumulator element and product): with it the forward's loop took 655
+    SASS instructions on sm_90, with this 535 (dz 407 -> 330, params 369 -> 304). What that bought,
+    an Inf operand's product staying Inf rather than becoming NaN, needs an input or a depthwise
+    sum that overflowed float32. float64: plain FMAs ("ieee")."""
+    if COMPUTE == tl.float64:
+        acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=COMPUTE)
+    else:
+        a_hi = _tf32_high(a)
+        b_hi = _tf32_high(b)
+        acc = tl.dot(a - a_hi, b_hi, acc, input_precision="tf32", out_dtype=COMPUTE)
+        acc = tl.dot(a_hi, b - b_hi, acc, input_precision="tf32", out_dtype=COMPUTE)
+        acc = tl.dot(a_hi, b_hi, acc, input_precision="tf32", out_dtype=COMPUTE)
+    return acc
 
 
 _INTERPRETED = tl.constexpr(_backends.triton_interpreting())  # read at import, as Triton reads it
@@ -183,7 +204,7 @@ def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr
         z = _depthwise(planes[None, :], ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
                        dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE)
         w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
-        acc = tl.dot(z, w, acc, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
+        acc = _dot(z, w, acc, COMPUTE)
     return acc
 
 
@@ -266,7 +287,7 @@ def _dz_input(gm, n, Ci, first, C, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr,
         ch, cmask = _channels(c0, Ci, CHUNK, WHOLE)
         cw = first + ch
         w = _weights(pww_ptr, C, cw[None, :], cmask[None, :], oo[:, None], omask[:, None], COMPUTE)
-        gz = tl.dot(gm, w, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
+        gz = _dot(gm, w, tl.zeros([gm.shape[0], w.shape[1]], COMPUTE), COMPUTE)
         offs, mask = _outputs(n, C, cw, cmask, rows, cols, H, W)
         tl.store(gz_ptr + offs, gz, mask=mask)
 
@@ -331,7 +352,7 @@ def _params_input(ptr, g_ptr, y_ptr, n, Ci, first, C, O, H, W, dww_ptr, dwb_ptr,
             z = _pinned(z, COMPUTE)
             offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
             gmt = _grad_pre(g_ptr, y_ptr, tl.trans(offs), tl.trans(mask), ACTIVATION, COMPUTE)
-            pw = tl.dot(gmt, tl.trans(z), pw, input_precision=_precision(COMPUTE), out_dtype=COMPUTE)
+            pw = _dot(gmt, tl.trans(z), pw, COMPUTE)
             gm_sum += gmt
         tl.store(part + oo[:, None] * C + cw[None, :], pw, mask=omask[:, None] & cmask[None, :])
         for t in tl.static_range(10):

@@ -11,6 +11,8 @@ import os
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import sgllie
 import sgllie.ops as ops
@@ -18,6 +20,7 @@ from sgllie.ops import reference
 from conftest import triton_device
 from op_cases import HALF, OPS, assert_close, outputs_and_grads, rand, truth
 from op_cases import cases as _all_cases
+from sgllie.kernels.dsconv2d import _dot
 
 pytestmark = pytest.mark.triton
 
@@ -75,6 +78,37 @@ def test_dsconv2d_interior_and_edge_tiles():
     for k in range(2):
         with use_config(k):
             assert_close(outputs_and_grads(fused, [x, x2, *params]), want, torch.float32, f"dsconv2d config {k}")
+
+
+@triton.jit
+def _products_kernel(a_ptr, b_ptr, three_ptr, one_ptr):
+    k = tl.arange(0, 16)
+    offs = k[:, None] * 16 + k[None, :]
+    a, b = tl.load(a_ptr + offs), tl.load(b_ptr + offs)
+    zero = tl.zeros([16, 16], tl.float32)
+    tl.store(three_ptr + offs, _dot(a, b, zero, tl.float32))
+    tl.store(one_ptr + offs, tl.dot(a, b, zero, input_precision="tf32"))
+
+
+def _products(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a @ b by dsconv2d's 3xTF32 _dot and by one plain TF32 tl.dot, in one 16x16x16 program."""
+    three, one = torch.empty_like(a), torch.empty_like(a)
+    _products_kernel[(1,)](a, b, three, one)
+    return three, one
+
+
+def test_3xtf32_products_keep_float32_accuracy():
+    """dsconv2d's float32 products (3xTF32 built from TF32 dots) off the exact product by what
+    3xTF32 leaves out (a_lo b_lo, <= 2^-20 relative), where one TF32 dot is off by ~2^-11: on a
+    GPU's tensor cores, or under the interpreter with its dots rounding as theirs
+    (tests/tensor_cores.py), so this also shows that model is in force."""
+    device = triton_device()
+    a, b = (torch.randn(16, 16, device=device) for _ in range(2))
+    exact = a.double() @ b.double()
+    scale = (a.double().abs() @ b.double().abs()).max().item()
+    three, one = (torch.max(abs(p.double() - exact)).item() / scale for p in _products(a, b))
+    assert three < 2.0 ** -18, three
+    assert one > 2.0 ** -13, one
 
 
 # ----------------------------------------------------------------------------- counted costs
