@@ -23,6 +23,12 @@ import triton
 from sgllie.ops import _backends
 
 
+# Compile options of every launch, whatever the Triton: FP fusion (a * b + c as one FMA, one
+# rounding) is what the kernels' instruction counts, register budgets and the AOT table were built
+# with; Triton 3.9 warns that 3.10 will turn it off by default (more instructions, other roundings).
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
+
+
 @dataclass(frozen=True)
 class Specialisation:
     """One compiled variant of a kernel: what ``triton.compile`` needs to build it ahead of time."""
@@ -43,7 +49,7 @@ class Specialisation:
     def options(self) -> dict:
         """``triton.compile``'s options for this variant."""
         caps = {} if self.maxnreg is None else {"maxnreg": self.maxnreg}
-        return {"num_warps": self.num_warps, "num_stages": self.num_stages} | caps
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages} | COMPILE_OPTIONS | caps
 
     @property
     def name(self) -> str:
@@ -155,6 +161,7 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     fn = kernel.fn if tuned else kernel
     if not tuned:  # Triton's defaults, explicit so that a dry run records what the JIT would build
         kwargs = {"num_warps": 4, "num_stages": 3} | kwargs
+    kwargs = kwargs | COMPILE_OPTIONS
     if _recorded.get() is not None:
         _record(fn, args, kwargs, kernel.configs if tuned else [
             triton.Config({}, num_warps=kwargs["num_warps"], num_stages=kwargs["num_stages"])])

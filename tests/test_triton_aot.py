@@ -121,6 +121,25 @@ def test_dry_run_specialises_as_the_jit():
     assert dict(one_row.signature)["H"] == "constexpr" and dict(one_row.constexprs)["H"] == 1
 
 
+def test_fp_fusion_stays_on_whatever_tritons_default(monkeypatch):
+    """Launches and AOT builds ask for FP fusion (FMAs) themselves: Triton 3.10 turns its default off."""
+    if _backends.triton_interpreting():
+        pytest.skip("records compiled launches: run without TRITON_INTERPRET")
+    import triton_aot
+    from sgllie import kernels
+    from sgllie.kernels import _runtime, losses
+
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "0")
+    asked = {}
+    monkeypatch.setattr(losses._sum_finish, "run", lambda *args, **kwargs: asked.update(kwargs))
+    _runtime.launch(losses._sum_finish, (1,), torch.zeros(4), torch.zeros(1), torch.zeros(()), 1.0,
+                    COMPUTE=losses.tl.float32, BLOCK=16)
+    assert asked["enable_fp_fusion"] is True, asked
+    r = torch.rand(1, 3, 17, 32)
+    spec = next(s for s in triton_aot.specialisations(lambda: kernels.tv_loss(r)) if s.name == "_tv_fwd")
+    assert triton_aot.compile_for(spec, 90).metadata.enable_fp_fusion
+
+
 def test_sass_stats_reads_the_loops_of_a_build(specs):
     """benchmarks/sass_stats.py (instructions and loops of the builds, quoted in the README) on a real
     cubin: the dsconv2d forward loops over chunks of channels."""
