@@ -103,21 +103,22 @@ def test_every_launched_kernel_builds_for_sm80_and_sm90(specs):
     assert not failures, "\n".join(failures)
 
 
+def _tv_forward(r: torch.Tensor):
+    """The specialisation of _tv_fwd a tv_loss of r launches (recorded by a dry run)."""
+    import triton_aot
+    from sgllie import kernels
+    return next(s for s in triton_aot.specialisations(lambda: kernels.tv_loss(r)) if s.name == "_tv_fwd")
+
+
 def test_dry_run_specialises_as_the_jit():
     """A recorded launch is the variant Triton's JIT would build: sizes equal to 1 become constants,
     sizes divisible by 16 and 16-byte-aligned pointers are marked so, the others are not."""
     if _backends.triton_interpreting():
         pytest.skip("records compiled launches: run without TRITON_INTERPRET")
-    import triton_aot
-    from sgllie import kernels
-
-    def tv_forward(r):
-        return next(s for s in triton_aot.specialisations(lambda: kernels.tv_loss(r)) if s.name == "_tv_fwd")
-
-    spec = tv_forward(torch.rand(3 * 17 * 32 + 1)[1:].view(1, 3, 17, 32))  # 4 bytes past an aligned start
+    spec = _tv_forward(torch.rand(3 * 17 * 32 + 1)[1:].view(1, 3, 17, 32))  # 4 bytes past an aligned start
     assert {"part_ptr", "W"} <= set(spec.aligned) and not {"r_ptr", "H"} & set(spec.aligned), spec.aligned
     assert spec.attrs[(spec.kernel.arg_names.index("W"),)] == [["tt.divisibility", 16]]
-    one_row = tv_forward(torch.rand(1, 3, 1, 32))
+    one_row = _tv_forward(torch.rand(1, 3, 1, 32))
     assert dict(one_row.signature)["H"] == "constexpr" and dict(one_row.constexprs)["H"] == 1
 
 
@@ -125,19 +126,17 @@ def test_fp_fusion_stays_on_whatever_tritons_default(monkeypatch):
     """Launches and AOT builds ask for FP fusion (FMAs) themselves: Triton 3.10 turns its default off."""
     if _backends.triton_interpreting():
         pytest.skip("records compiled launches: run without TRITON_INTERPRET")
+    import triton.language as tl
     import triton_aot
-    from sgllie import kernels
     from sgllie.kernels import _runtime, losses
 
     monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "0")
     asked = {}
     monkeypatch.setattr(losses._sum_finish, "run", lambda *args, **kwargs: asked.update(kwargs))
     _runtime.launch(losses._sum_finish, (1,), torch.zeros(4), torch.zeros(1), torch.zeros(()), 1.0,
-                    COMPUTE=losses.tl.float32, BLOCK=16)
+                    COMPUTE=tl.float32, BLOCK=16)
     assert asked["enable_fp_fusion"] is True, asked
-    r = torch.rand(1, 3, 17, 32)
-    spec = next(s for s in triton_aot.specialisations(lambda: kernels.tv_loss(r)) if s.name == "_tv_fwd")
-    assert triton_aot.compile_for(spec, 90).metadata.enable_fp_fusion
+    assert triton_aot.compile_for(_tv_forward(torch.rand(1, 3, 17, 32)), 90).metadata.enable_fp_fusion
 
 
 def test_sass_stats_reads_the_loops_of_a_build(specs):
