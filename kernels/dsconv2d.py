@@ -48,7 +48,11 @@ def _configs(*shapes, stages=3, maxnreg=None):
 # of the forward's products but the K of the params kernel's gm^T z, whose tiles stay small.
 # Register caps only where needed: with one ptxas takes nearly all it is allowed (e.g. 158 of 168
 # where it otherwise settles at 128: three blocks per SM instead of four).
-_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))
+# The 64-pixel tiles are for small images (the model's 1/12-scale layers: 57600 pixels at 4K), where
+# 128-pixel ones give an SM 14 warps, each with a long chain of loads and products: half the pixels
+# a warp, 72 registers, 28 warps (predicted to hide latency better; the GPU's autotuner decides).
+# Not for float64, where ptxas spills them.
+_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4), (4, 16, 4))
 # dz: its loop prefetches only pointwise weights: 2 stages.
 _DZ_CONFIGS = _configs((4, 16, 8), (8, 16, 4), (16, 16, 8), stages=2)
 # params: 1 stage: pipelined, its masked gathers went through shared memory (+15% instructions)
@@ -232,7 +236,6 @@ def _tanh(a):
     return tl.where(tl.abs(a) < 0.125, near, tl.where(a < 0, -far, far))
 
 
-@autotune(_FWD_CONFIGS, key=["W", "C1", "C2", "O"])
 @triton.jit
 def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, C1, C2, O,
                 ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
@@ -252,6 +255,10 @@ def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, 
         y = _tanh(y)
     offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
     tl.store(y_ptr + offs, y, mask=mask)
+
+
+_FWD_KERNELS = {double: autotune(configs, key=["W", "C1", "C2", "O"])(_dsconv_fwd)
+                for double, configs in ((False, _FWD_CONFIGS), (True, _FWD_CONFIGS[:2]))}
 
 
 @triton.jit
@@ -448,7 +455,7 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
     n, c1, H, W = x.shape
     y = x.new_empty(n, o, H, W)
     grid = lambda meta: (cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
-    launch(_dsconv_fwd, grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o,
+    launch(_FWD_KERNELS[compute == tl.float64], grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o,
            ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _CHUNK))
     return y
 
