@@ -130,10 +130,12 @@ def _specialise(param, value) -> tuple[str, object]:
     """(Triton type or "constexpr", value for a constant / "D" where divisible by 16): the JIT's own
     specialisation of a launch argument (its native function, as in triton.runtime.jit)."""
     from triton.backends.compiler import BaseBackend  # noqa: PLC0415
-    from triton.runtime.jit import native_specialize_impl  # noqa: PLC0415
+    from triton.runtime import jit  # noqa: PLC0415
 
-    return native_specialize_impl(BaseBackend, value, False, not param.do_not_specialize,
-                                  not param.do_not_specialize_on_alignment)
+    flags = (False, not param.do_not_specialize, not param.do_not_specialize_on_alignment)
+    if hasattr(jit, "native_specialize_impl"):
+        return jit.native_specialize_impl(BaseBackend, value, *flags)
+    return jit.create_specialize_impl(BaseBackend.get_arg_specialization)(value, *flags)  # Triton 3.5
 
 
 def _record(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict, configs: list[triton.Config]) -> None:
