@@ -6,14 +6,31 @@ tensors normally; CPU tensors too under TRITON_INTERPRET=1 (Triton's interpreter
 """
 from __future__ import annotations
 
+import re
+
 from sgllie.ops import _backends
 
+# The oldest Triton the kernels have been built with (3.5.1: every launched specialisation, for
+# sm_80 and sm_90, once by hand; CI builds them with 3.6 and 3.9). Older ones lack
+# triton.constexpr_function: refused here by version, not by an AttributeError from a kernel module.
+MIN_TRITON = (3, 5)
+
+
+def too_old(version: str) -> str:
+    """Why a Triton of ``version`` cannot run the kernels, or "" if it can."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found and tuple(map(int, found.groups())) >= MIN_TRITON:
+        return ""
+    return f"needs triton >= {'.'.join(map(str, MIN_TRITON))}, found {version}"
+
+
 try:
-    import triton  # noqa: F401
+    import triton
 except ImportError as e:  # reported by unavailable_reason(), the package still imports
     _IMPORT_ERROR: str | None = f"triton is not importable ({e})"
 else:
-    _IMPORT_ERROR = None
+    _IMPORT_ERROR = too_old(triton.__version__) or None
+if _IMPORT_ERROR is None:
     from .dsconv2d import dsconv2d, dsconv2d_backward  # noqa: F401
     from .le_curve import le_curve, le_curve_backward  # noqa: F401
     from .losses import (color_constancy_loss, color_constancy_loss_backward, exposure_loss,  # noqa: F401

@@ -1,4 +1,6 @@
 """python -m sgllie.info: versions, backend status, and the self-check catching a wrong kernel."""
+import pytest
+
 from sgllie import info
 from sgllie.ops import reference
 
@@ -37,3 +39,12 @@ def test_sanitizers_run_each_tool_and_report_failures(monkeypatch, tmp_path):
     assert info.sanitize()[0][3].startswith("skipped")
     monkeypatch.setattr(info.ops, "available_backends", lambda: ["reference", "cpu"])
     assert info.sanitize() == []
+
+
+def test_a_triton_too_old_for_the_kernels_is_named():
+    """sgllie.info and backend_status() show this reason where the triton backend would fail to
+    import (Triton < 3.5 has no triton.constexpr_function)."""
+    kernels = pytest.importorskip("sgllie.kernels")
+    assert kernels.too_old("3.4.0") == "needs triton >= 3.5, found 3.4.0"
+    assert kernels.too_old("2.3.1") and kernels.too_old("unknown")
+    assert all(kernels.too_old(v) == "" for v in ("3.5.0", "3.6.0+git9a5e1b3", "3.10.0", "4.0"))
