@@ -455,8 +455,8 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
     n, c1, H, W = x.shape
     y = x.new_empty(n, o, H, W)
     grid = lambda meta: (cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
-    launch(_FWD_KERNELS[compute == tl.float64], grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o,
-           ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _CHUNK))
+    launch(_FWD_KERNELS[compute == tl.float64], grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W,
+           c1, c2, o, ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _CHUNK))
     return y
 
 
