@@ -48,11 +48,12 @@ def _configs(*shapes, stages=3, maxnreg=None):
 # of the forward's products but the K of the params kernel's gm^T z, whose tiles stay small.
 # Register caps only where needed: with one ptxas takes nearly all it is allowed (e.g. 158 of 168
 # where it otherwise settles at 128: three blocks per SM instead of four).
-# The 64-pixel tiles are for small images (the model's 1/12-scale layers: 57600 pixels at 4K), where
+_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))
+# and 64-pixel tiles for small images (the model's 1/12-scale layers: 57600 pixels at 4K), where
 # 128-pixel ones give an SM 14 warps, each with a long chain of loads and products: half the pixels
 # a warp, 72 registers, 28 warps (predicted to hide latency better; the GPU's autotuner decides).
 # Not for float64, where ptxas spills them.
-_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4), (4, 16, 4))
+_FWD_SMALL_IMAGE_CONFIGS = _configs((4, 16, 4))
 # dz: its loop prefetches only pointwise weights: 2 stages.
 _DZ_CONFIGS = _configs((4, 16, 8), (8, 16, 4), (16, 16, 8), stages=2)
 # params: 1 stage: pipelined, its masked gathers went through shared memory (+15% instructions)
@@ -258,7 +259,7 @@ def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, 
 
 
 _FWD_KERNELS = {double: autotune(configs, key=["W", "C1", "C2", "O"])(_dsconv_fwd)
-                for double, configs in ((False, _FWD_CONFIGS), (True, _FWD_CONFIGS[:2]))}
+                for double, configs in ((False, _FWD_CONFIGS + _FWD_SMALL_IMAGE_CONFIGS), (True, _FWD_CONFIGS))}
 
 
 @triton.jit

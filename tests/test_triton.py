@@ -38,13 +38,19 @@ def test_half_precision_io(op, dtype):
     assert_close(outputs_and_grads(fused, inputs), truth(ref, inputs), dtype, op)
 
 
+def _config_indices() -> range:
+    """Indices for use_config that reach every config of every autotuned kernel (modulo its count)."""
+    from sgllie.kernels._runtime import AUTOTUNED
+    return range(max(len(kernel.configs) for kernel in AUTOTUNED))
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_every_autotune_config(op):
     """Force each config in turn: a GPU's autotuner may pick any, and only times the others."""
-    from sgllie.kernels._runtime import AUTOTUNED, use_config
+    from sgllie.kernels._runtime import use_config
     fused, ref, inputs = _cases(triton_device(), torch.float32)[op]
     want = truth(ref, inputs)
-    for k in range(max(len(kernel.configs) for kernel in AUTOTUNED)):
+    for k in _config_indices():
         with use_config(k):
             assert_close(outputs_and_grads(fused, inputs), want, torch.float32, f"{op} config {k}")
 
@@ -75,8 +81,8 @@ def test_dsconv2d_interior_and_edge_tiles():
     fused = lambda a, b, *p: ops.dsconv2d(a, *p, x2=b, activation="relu", backend="triton")  # noqa: E731
     ref = lambda a, b, *p: reference.dsconv2d(a, *p, x2=b, activation="relu")  # noqa: E731
     want = truth(ref, [x, x2, *params])
-    from sgllie.kernels._runtime import AUTOTUNED, use_config
-    for k in range(max(len(kernel.configs) for kernel in AUTOTUNED)):
+    from sgllie.kernels._runtime import use_config
+    for k in _config_indices():
         with use_config(k):
             assert_close(outputs_and_grads(fused, [x, x2, *params]), want, torch.float32, f"dsconv2d config {k}")
 
