@@ -10,16 +10,21 @@ import re
 
 from sgllie.ops import _backends
 
-# The oldest Triton the kernels have been built with (3.5.1: every launched specialisation, for
-# sm_80 and sm_90, once by hand; CI builds them with 3.6 and 3.9). Older ones lack
-# triton.constexpr_function: refused here by version, not by an AttributeError from a kernel module.
-MIN_TRITON = (3, 5)
+# The oldest Triton the kernels build with (torch 2.7's 3.3; CI builds every launched specialisation
+# with it, with 3.6 (torch 2.11's) and with 3.9, for sm_80 and sm_90). 3.2 specialises launches and
+# takes ahead-of-time builds in another form, which the build test would need first.
+MIN_TRITON = (3, 3)
+
+
+def release(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a Triton version string; None where it names none."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found[1]), int(found[2])) if found else None
 
 
 def too_old(version: str) -> str:
     """Why a Triton of ``version`` cannot run the kernels, or "" if it can."""
-    found = re.match(r"(\d+)\.(\d+)", version)
-    if found and tuple(map(int, found.groups())) >= MIN_TRITON:
+    if (release(version) or (0, 0)) >= MIN_TRITON:
         return ""
     return f"needs triton >= {'.'.join(map(str, MIN_TRITON))}, found {version}"
 
@@ -45,5 +50,23 @@ def unavailable_reason() -> str:
 
     if not torch.cuda.is_available() and not _backends.triton_on_cpu():
         return "no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly, for tests)"
+    if _backends.triton_interpreting():
+        return _interpreter_problem()
+    return ""
+
+
+def _interpreter_problem() -> str:
+    """Why this Triton's interpreter cannot run the kernels here, or "". Before 3.7 it makes a scalar
+    an index with int() of a one-element array (a loop over range(lo, hi) of computed bounds),
+    which NumPy refuses from 2.4 on (deprecated since 1.25)."""
+    import numpy as np  # noqa: PLC0415
+
+    if release(triton.__version__) >= (3, 7):
+        return ""
+    try:
+        int(np.zeros(1, dtype=np.int32))
+    except TypeError:
+        return (f"triton {triton.__version__}'s interpreter cannot run the kernels with numpy {np.__version__}: "
+                "interpret with triton >= 3.7 (GPU builds are unaffected)")
     return ""
 

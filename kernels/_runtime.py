@@ -91,6 +91,28 @@ def use_config(index: int):
         _forced_config.reset(token)
 
 
+def _constexpr_function(fn):
+    """Triton < 3.5's stand-in for ``triton.constexpr_function``, as 3.5 defines it: called by the
+    code generator (which passes _semantic, or _builder before 3.4) with constexpr arguments, fn's
+    plain Python on their values, the result a constexpr; called from host code or the interpreter,
+    plain Python. Marked a builtin: the one kind of plain function those code generators let a
+    kernel call."""
+    import triton.language as tl  # noqa: PLC0415
+
+    def call(*args, _semantic=None, _builder=None, **kwargs):
+        result = fn(*(getattr(a, "value", a) for a in args),
+                    **{k: getattr(v, "value", v) for k, v in kwargs.items()})
+        compiling = (_semantic is not None or _builder is not None) and not _backends.triton_interpreting()
+        return tl.constexpr(result) if compiling else result
+
+    call.fn, call.__name__, call.__doc__, call.__triton_builtin__ = fn, fn.__name__, fn.__doc__, True
+    return call
+
+
+# A Python function a kernel calls on its constexprs at compile time (Triton's own from 3.5 on).
+constexpr_function = getattr(triton, "constexpr_function", _constexpr_function)
+
+
 AUTOTUNED: list[triton.runtime.Autotuner] = []  # every autotuned kernel, for tests that try each config
 
 
@@ -117,10 +139,19 @@ def smallest_dot_k() -> int:
     return max(rule(t, t)[2] for t in (tl.float32, tl.float64))
 
 
+def _device_benchmark(kernel_call, quantiles):
+    """The active driver's benchmarker, looked up when a config is timed (on a GPU), as Triton >= 3.4
+    does by default: 3.3 looks it up when the Autotuner is built, which fails on import where there
+    is no driver (no GPU: tests, dry runs)."""
+    from triton.runtime import driver  # noqa: PLC0415
+
+    return driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)
+
+
 def autotune(configs: list[triton.Config], key: list[str]):
     """``triton.autotune`` over ``configs``, re-tuned when the ``key`` arguments change."""
     def decorate(fn):
-        tuned = triton.autotune(configs=configs, key=key)(fn)
+        tuned = triton.autotune(configs=configs, key=key, do_bench=_device_benchmark)(fn)
         AUTOTUNED.append(tuned)
         return tuned
     return decorate
@@ -135,7 +166,10 @@ def _specialise(param, value) -> tuple[str, object]:
     flags = (False, not param.do_not_specialize, not param.do_not_specialize_on_alignment)
     if hasattr(jit, "native_specialize_impl"):
         return jit.native_specialize_impl(BaseBackend, value, *flags)
-    return jit.create_specialize_impl(BaseBackend.get_arg_specialization)(value, *flags)  # Triton 3.5
+    rule = BaseBackend.get_arg_specialization
+    if jit.create_specialize_impl.__code__.co_argcount == 0:  # Triton 3.3: the rule goes with each call
+        return jit.create_specialize_impl()(value, rule, *flags)
+    return jit.create_specialize_impl(rule)(value, *flags)  # Triton 3.4, 3.5
 
 
 def _record(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict, configs: list[triton.Config]) -> None:

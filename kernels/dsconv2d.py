@@ -32,9 +32,10 @@ import torch
 import triton
 import triton.language as tl
 
-from sgllie.ops import _backends
+from sgllie.ops import _backends, reference
 from sgllie.ops.reference import require_output
 
+from . import release
 from ._runtime import autotune, cdiv, launch, next_power_of_2, smallest_dot_k
 
 
@@ -71,6 +72,9 @@ _DZ_CHUNK = 32
 # params': a tile's gm is loaded, split into TF32 parts and converted for the dot once per chunk; 16
 # channels need 23% fewer instructions per pixel than 8 at four blocks per SM (32: 30% fewer, two)
 _PARAMS_CHUNK = 16
+# Triton < 3.5 compiles no float64 tl.dot: float64 layers run the reference (plain PyTorch) there, so
+# that double-precision checks such as gradcheck still run
+_FLOAT64_DOT = release(triton.__version__) >= (3, 5)
 # params programs over all images: enough to fill the GPU, few enough that their rows of partial
 # sums stay small at any image size; and runs of _MIN_RUN tiles at least, neighbours sharing halos
 _PARTIAL_PROGRAMS = 1024
@@ -451,6 +455,8 @@ def _chunks(c1: int, c2: int, o: int, chunk: int) -> dict:
 
 def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw_weight: torch.Tensor,
              pw_bias: torch.Tensor, x2: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
+    if x.dtype == torch.float64 and not _FLOAT64_DOT:
+        return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
     x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, compute = _prepare(
         x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)
     n, c1, H, W = x.shape
@@ -466,6 +472,8 @@ def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tens
                       activation: str = "none", out: torch.Tensor | None = None):
     """Returns (grad_x, grad_x2 or None, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias).
     ``out``: the forward's output, needed with an activation."""
+    if x.dtype == torch.float64 and not _FLOAT64_DOT:
+        return reference.dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation, out)
     has_x2 = x2 is not None
     x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, compute = _prepare(
         x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)

@@ -13,9 +13,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._runtime import autotune, cdiv, launch, next_power_of_2
+from . import release
+from ._runtime import autotune, cdiv, constexpr_function, launch, next_power_of_2
 
 _ROW_CONFIGS = [triton.Config({"BLOCK_W": bw}, num_warps=nw) for bw, nw in ((256, 2), (1024, 4), (2048, 4))]
+# Upsampling gathers r's taps from registers (tl.gather), except with Triton 3.3, whose compiler
+# fails on those gathers (an assertion in its gather layout pass; 3.4 builds them): there each
+# pixel reads its four taps from memory (same results; the 4K forward's build has 23-34% more
+# instructions, sm_90)
+_GATHER = tl.constexpr(release(triton.__version__) >= (3, 4))
 
 
 @triton.jit
@@ -51,7 +57,7 @@ def _source(out_index, in_size, out_size, COMPUTE: tl.constexpr):
     return _taps(out_index, _scale(in_size, out_size, COMPUTE), in_size, COMPUTE)
 
 
-@triton.constexpr_function
+@constexpr_function
 def _span(block, shrink):
     """r's columns under a block of output columns (a power of 2), r at least ``shrink`` times narrower."""
     return triton.next_power_of_2(block // shrink + 2)
@@ -81,17 +87,25 @@ def _factors(r_ptr, plane, i, cols, mask, taps, H, W, h, w, UPSAMPLE: tl.constex
     (w - 1 <= (W - 1) / SHRINK). Upsampled, the two source rows' few columns under the block are
     read once and blended vertically, then each column's two taps are gathered from registers:
     four gathers from memory per pixel, with their address arithmetic, made the 4K forward
-    instruction-bound. (PyTorch blends horizontally first: the same value to a rounding.)"""
+    instruction-bound (Triton 3.3 still reads them from memory: _GATHER). (PyTorch blends
+    horizontally first: the same value to a rounding.)"""
     if UPSAMPLE:
         y0, y1, wy, x0, x1, wx, first, end = taps
-        j = tl.arange(0, _span(BLOCK_W, SHRINK))
-        under = first + j <= end  # the columns the block reads, no more
-        base = r_ptr + plane.to(tl.int64) * h * w + first + j
-        blend = (1 - wy) * tl.load(base + y0 * w, mask=under, other=0.0).to(COMPUTE) \
-            + wy * tl.load(base + y1 * w, mask=under, other=0.0).to(COMPUTE)
-        last = _span(BLOCK_W, SHRINK) - 1  # columns past W (masked) may look past the span
-        a = tl.gather(blend, tl.minimum(x0 - first, last), 0)
-        b = tl.gather(blend, tl.minimum(x1 - first, last), 0)
+        if _GATHER:
+            j = tl.arange(0, _span(BLOCK_W, SHRINK))
+            under = first + j <= end  # the columns the block reads, no more
+            base = r_ptr + plane.to(tl.int64) * h * w + first + j
+            blend = (1 - wy) * tl.load(base + y0 * w, mask=under, other=0.0).to(COMPUTE) \
+                + wy * tl.load(base + y1 * w, mask=under, other=0.0).to(COMPUTE)
+            last = _span(BLOCK_W, SHRINK) - 1  # columns past W (masked) may look past the span
+            a = tl.gather(blend, tl.minimum(x0 - first, last), 0)
+            b = tl.gather(blend, tl.minimum(x1 - first, last), 0)
+        else:  # the same blends, of taps read from memory
+            plane_ptr = r_ptr + plane.to(tl.int64) * h * w
+            a = (1 - wy) * tl.load(plane_ptr + y0 * w + x0, mask=mask, other=0.0).to(COMPUTE) \
+                + wy * tl.load(plane_ptr + y1 * w + x0, mask=mask, other=0.0).to(COMPUTE)
+            b = (1 - wy) * tl.load(plane_ptr + y0 * w + x1, mask=mask, other=0.0).to(COMPUTE) \
+                + wy * tl.load(plane_ptr + y1 * w + x1, mask=mask, other=0.0).to(COMPUTE)
         return (1 - wx) * a + wx * b
     else:
         return tl.load(r_ptr + (plane.to(tl.int64) * H + i) * W + cols, mask=mask, other=0.0).to(COMPUTE)

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._runtime import autotune, cdiv, launch
+from ._runtime import autotune, cdiv, constexpr_function, launch
 
 # Tile targets (columns, rows); the tiles actually used are whole patches of both sizes near them.
 _POOL_CONFIGS = [triton.Config({"TILE_W": tw, "TILE_H": th}, num_warps=nw)
@@ -41,18 +41,18 @@ _SPA_TILE = (16, 32)   # _spa_map tile of the pooled map: fixed, so its partials
 _FINISH_BLOCK = 256
 
 
-@triton.constexpr_function
+@constexpr_function
 def _lcm(a, b):
     return a * b // math.gcd(a, b)
 
 
-@triton.constexpr_function
+@constexpr_function
 def _whole(target, unit):
     """The multiple of unit nearest below target, at least unit."""
     return max(1, target // unit) * unit
 
 
-@triton.constexpr_function
+@constexpr_function
 def _pow2(x):
     return triton.next_power_of_2(x)
 

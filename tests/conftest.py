@@ -53,12 +53,14 @@ def shared_path(*parts: str) -> Path:
 
 
 def triton_device() -> torch.device:
-    """Where the Triton kernels run in this session: CUDA, or CPU under TRITON_INTERPRET=1; else skip."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if sgllie.ops._backends.triton_interpreting():
-        return torch.device("cpu")
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1 (run: TRITON_INTERPRET=1 python -m pytest -m triton)")
+    """Where the Triton kernels run in this session: CUDA, or CPU under TRITON_INTERPRET=1; else skip
+    (also where the backend cannot run, with its reason)."""
+    if not torch.cuda.is_available() and not sgllie.ops._backends.triton_interpreting():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1 (run: TRITON_INTERPRET=1 python -m pytest -m triton)")
+    why_not = sgllie.ops._backends.load("triton")[1]
+    if why_not:
+        pytest.skip(f"the triton backend cannot run here: {why_not}")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture(autouse=True)

@@ -42,9 +42,26 @@ def test_sanitizers_run_each_tool_and_report_failures(monkeypatch, tmp_path):
 
 
 def test_a_triton_too_old_for_the_kernels_is_named():
-    """sgllie.info and backend_status() show this reason where the triton backend would fail to
-    import (Triton < 3.5 has no triton.constexpr_function)."""
+    """sgllie.info and backend_status() show this reason where the kernels have not been built with
+    the Triton installed (before 3.3)."""
     kernels = pytest.importorskip("sgllie.kernels")
-    assert kernels.too_old("3.4.0") == "needs triton >= 3.5, found 3.4.0"
+    assert kernels.too_old("3.2.0") == "needs triton >= 3.3, found 3.2.0"
     assert kernels.too_old("2.3.1") and kernels.too_old("unknown")
-    assert all(kernels.too_old(v) == "" for v in ("3.5.0", "3.6.0+git9a5e1b3", "3.10.0", "4.0"))
+    assert all(kernels.too_old(v) == "" for v in ("3.3.1", "3.4.0", "3.6.0+git9a5e1b3", "3.10.0", "4.0"))
+
+
+def test_an_interpreter_that_cannot_run_the_kernels_is_named(monkeypatch):
+    """Triton's interpreter before 3.7 fails on the kernels with NumPy >= 2.4: the backend says so
+    under TRITON_INTERPRET=1 (and the Triton tests skip with that reason) instead of 58 failures."""
+    kernels = pytest.importorskip("sgllie.kernels")
+    import numpy as np
+
+    try:
+        int(np.zeros(1))
+        numpy_refuses = False
+    except TypeError:
+        numpy_refuses = True
+    monkeypatch.setattr(kernels.triton, "__version__", "3.6.0")
+    assert ("interpreter cannot run the kernels" in kernels._interpreter_problem()) == numpy_refuses
+    monkeypatch.setattr(kernels.triton, "__version__", "3.7.0")
+    assert kernels._interpreter_problem() == ""

@@ -118,10 +118,26 @@ def test_3xtf32_products_keep_float32_accuracy():
     assert one > 2.0 ** -13, one
 
 
+def test_le_curve_reading_its_taps_from_memory(monkeypatch):
+    """The upsampling le_curve's path for Triton 3.3 (whose compiler fails on its register gathers):
+    each pixel's four taps read from memory, the same numbers. Run by the interpreter, which reads
+    the switch when the kernel runs (a GPU's JIT compiles it once; CI's 3.3 step builds that path)."""
+    if not ops._backends.triton_interpreting():
+        pytest.skip("switches a compiled-in constant: under TRITON_INTERPRET=1")
+    import importlib
+
+    module = importlib.import_module("sgllie.kernels.le_curve")  # (the package's le_curve is the function)
+    monkeypatch.setattr(module, "_GATHER", tl.constexpr(False))
+    fused, ref, inputs = _cases(triton_device(), torch.float32)["le_curve"]
+    assert inputs[1].shape[-1] < inputs[0].shape[-1], "the case must upsample r"
+    assert_close(outputs_and_grads(fused, inputs), truth(ref, inputs), torch.float32, "le_curve")
+
+
 # ----------------------------------------------------------------------------- counted costs
 def _interpreter_only():
     if not ops._backends.triton_interpreting():
         pytest.skip("bytes and launches are counted under TRITON_INTERPRET=1")
+    triton_device()
 
 
 @pytest.fixture

@@ -16,8 +16,11 @@ import torch
 pytestmark = pytest.mark.aot
 triton = pytest.importorskip("triton")
 
+import triton.language as tl  # noqa: E402
+
 import sgllie  # noqa: E402
 import sgllie.ops as ops  # noqa: E402
+from sgllie.kernels import _runtime  # noqa: E402
 from sgllie.ops import _backends  # noqa: E402
 
 TARGETS = (80, 90)
@@ -126,9 +129,8 @@ def test_fp_fusion_stays_on_whatever_tritons_default(monkeypatch):
     """Launches and AOT builds ask for FP fusion (FMAs) themselves: Triton 3.10 turns its default off."""
     if _backends.triton_interpreting():
         pytest.skip("records compiled launches: run without TRITON_INTERPRET")
-    import triton.language as tl
     import triton_aot
-    from sgllie.kernels import _runtime, losses
+    from sgllie.kernels import losses
 
     monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "0")
     asked = {}
@@ -167,3 +169,62 @@ def _write_table(rows, failures) -> None:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
     TABLE.parent.mkdir(exist_ok=True)
     TABLE.write_text("\n".join(lines) + "\n")
+
+
+
+
+def _next_pow2(n):
+    return 1 << (n - 1).bit_length()
+
+
+_pow2 = _runtime._constexpr_function(_next_pow2)
+
+
+@triton.jit
+def _stand_in_kernel(out_ptr, N: tl.constexpr):
+    i = tl.arange(0, _pow2(N))
+    tl.store(out_ptr + i, i.to(tl.float32), mask=i < N)
+
+
+def test_constexpr_function_stand_in_compiles():
+    """The stand-in for triton.constexpr_function that Tritons before 3.5 get (kernels/_runtime.py):
+    plain Python from the host, a constant inside a compiled kernel (built here with this Triton; CI's
+    3.3 step builds the kernels that use it with that one)."""
+    if _backends.triton_interpreting():
+        pytest.skip("compiles for a GPU target: run without TRITON_INTERPRET")
+    import triton_aot
+
+    assert _pow2(5) == _pow2.fn(5) == 8
+    spec = _runtime.Specialisation(_stand_in_kernel, (("out_ptr", "*fp32"), ("N", "constexpr")), (("N", 5),), 1, 1)
+    ttir = triton_aot.compile_for(spec, 90).asm["ttir"]
+    assert "tt.make_range {end = 8 : i32" in ttir, ttir   # arange(0, _pow2(5)): the 8 folded in
+
+
+def test_float64_dsconv2d_runs_the_reference_where_triton_has_no_float64_dot(monkeypatch):
+    """Triton < 3.5 compiles no float64 tl.dot: there a float64 dsconv2d, forward and backward, is
+    the reference's plain PyTorch (same results), and launches no kernel of its own."""
+    if _backends.triton_interpreting():
+        pytest.skip("records compiled launches: run without TRITON_INTERPRET")
+    import importlib
+
+    import triton_aot
+    from sgllie.ops import reference
+
+    module = importlib.import_module("sgllie.kernels.dsconv2d")  # (the package's dsconv2d is the function)
+    monkeypatch.setattr(module, "_FLOAT64_DOT", False)
+    monkeypatch.setenv("SGLLIE_CHECK_FINITE", "0")
+    torch.manual_seed(0)
+    x, x2 = torch.rand(2, 3, 7, 9, dtype=torch.float64), torch.rand(2, 2, 7, 9, dtype=torch.float64)
+    params = [torch.rand(5, 1, 3, 3), torch.rand(5), torch.rand(4, 5, 1, 1), torch.rand(4)]
+    params = [p.double().requires_grad_() for p in params]
+    outputs = {}
+
+    def run():
+        y = ops.dsconv2d(x, *params, x2=x2, activation="tanh", backend="triton")
+        outputs["triton"] = (y, *torch.autograd.grad(y.square().sum(), params))
+
+    assert not {s.name for s in triton_aot.specialisations(run)} & {"_dsconv_fwd", "_dsconv_bwd_dz"}
+    y = reference.dsconv2d(x, *params, x2, "tanh")
+    expected = (y, *torch.autograd.grad(y.square().sum(), params))
+    for got, want in zip(outputs["triton"], expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
