@@ -171,8 +171,6 @@ def _write_table(rows, failures) -> None:
     TABLE.write_text("\n".join(lines) + "\n")
 
 
-
-
 def _next_pow2(n):
     return 1 << (n - 1).bit_length()
 
