@@ -63,6 +63,8 @@ _PARAMS_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1)
 # 128 registers and spills
 _PARAMS_MASKED_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1, maxnreg=168)
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
+# the tile kernels are re-tuned per image width and channel counts (the height only adds tiles)
+_TUNE_KEY = ["W", "C1", "C2", "O"]
 # channels per tl.dot: the forward's, its nine taps' loads in flight together in registers (Triton
 # 3.6 compiles no float32 tl.dot with K < 16)
 _CHUNK = smallest_dot_k()
@@ -262,7 +264,7 @@ def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, 
     tl.store(y_ptr + offs, y, mask=mask)
 
 
-_FWD_KERNELS = {double: autotune(configs, key=["W", "C1", "C2", "O"])(_dsconv_fwd)
+_FWD_KERNELS = {double: autotune(configs, key=_TUNE_KEY)(_dsconv_fwd)
                 for double, configs in ((False, _FWD_CONFIGS + _FWD_SMALL_IMAGE_CONFIGS), (True, _FWD_CONFIGS))}
 
 
@@ -304,7 +306,7 @@ def _dz_input(gm, n, Ci, first, C, oo, omask, rows, cols, H, W, pww_ptr, gz_ptr,
         tl.store(gz_ptr + offs, gz, mask=mask)
 
 
-@autotune(_DZ_CONFIGS, key=["W", "C1", "C2", "O"])
+@autotune(_DZ_CONFIGS, key=_TUNE_KEY)
 @triton.jit
 def _dsconv_bwd_dz(g_ptr, y_ptr, pww_ptr, gz_ptr, H, W, C1, C2, O, ACTIVATION: tl.constexpr,
                    COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr, BLOCK_O: tl.constexpr,
@@ -389,7 +391,7 @@ def _dsconv_bwd_params(g_ptr, y_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, pa
                   omask, ACTIVATION, COMPUTE, CHUNK, WHOLE, BLOCK_O, BLOCK_H, BLOCK_W)
 
 
-_PARAMS_KERNELS = {whole: autotune(configs, key=["W", "C1", "C2", "O"])(_dsconv_bwd_params)
+_PARAMS_KERNELS = {whole: autotune(configs, key=_TUNE_KEY)(_dsconv_bwd_params)
                    for whole, configs in ((True, _PARAMS_CONFIGS), (False, _PARAMS_MASKED_CONFIGS))}
 
 

@@ -25,9 +25,10 @@ from sgllie.ops import _backends  # noqa: E402
 
 TARGETS = (80, 90)
 TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "triton_aot.md"
-# SGLLIE_AOT_BUILD_ONLY=1: compile errors only, no resource limits, no table. For an older Triton than
-# the one the limits and the table are kept for (a GPU runs the Triton its torch brings: torch 2.11's
-# is 3.6), whose register allocation differs but which must still build every kernel (.ci/run).
+# SGLLIE_AOT_BUILD_ONLY=1: compile errors only, no resource limits, no table, and each alignment variant
+# group built once per target (triton_aot.alignment_cross_cover). For an older Triton than the one the
+# limits and the table are kept for (a GPU runs the Triton its torch brings: torch 2.11's is 3.6),
+# whose register allocation differs but which must still build every kernel (.ci/run).
 BUILD_ONLY = os.environ.get("SGLLIE_AOT_BUILD_ONLY") == "1"
 
 
@@ -88,7 +89,8 @@ def test_every_launched_kernel_builds_for_sm80_and_sm90(specs):
     import triton_aot
     assert len({s.name for s in specs}) >= 4, "the dry run recorded too few kernels: is the triton backend wired?"
     rows, failures = [], []
-    for spec, capability, b in triton_aot.build_all(specs, TARGETS, measure=not BUILD_ONLY):
+    pairs = (triton_aot.alignment_cross_cover if BUILD_ONLY else triton_aot.every_pair)(specs, TARGETS)
+    for spec, capability, b in triton_aot.build_all(pairs, measure=not BUILD_ONLY):
         where = f"{spec.name} [{spec.config_str()}] ({triton_aot.pointer_types(spec)}) sm_{capability}"
         if isinstance(b, str):  # collect them all: one table of what fails
             failures.append(f"{where}: compile error {b}")
@@ -104,6 +106,25 @@ def test_every_launched_kernel_builds_for_sm80_and_sm90(specs):
     if not BUILD_ONLY:
         _write_table(rows, failures)
     assert not failures, "\n".join(failures)
+
+
+def test_alignment_cross_cover_builds_each_group_on_each_target_and_both_extremes(specs):
+    """The build-only check's fewer builds still cover every target of every specialisation that
+    differs in more than alignment, and both the least and the most aligned variant of each."""
+    import triton_aot
+    from dataclasses import replace
+    pairs = triton_aot.alignment_cross_cover(specs, TARGETS)
+    groups = {}
+    for spec in specs:
+        groups.setdefault(replace(spec, aligned=()), []).append(spec)
+    built = {}
+    for spec, capability in pairs:
+        built.setdefault(replace(spec, aligned=()), []).append((len(spec.aligned), capability))
+    assert built.keys() == groups.keys() and len(pairs) == len(TARGETS) * len(groups) < 2 * len(specs)
+    for group, variants in groups.items():
+        marks = sorted(len(s.aligned) for s in variants)
+        assert sorted(built[group]) == [(marks[0], TARGETS[0]), (marks[-1], TARGETS[-1])], (group.name, built[group])
+    assert any(len(v) > 1 for v in groups.values())  # alignment does split some: the test means something
 
 
 def _tv_forward(r: torch.Tensor):
