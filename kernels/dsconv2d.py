@@ -7,9 +7,13 @@ Programs own 2-D tiles of pixels of one image (2-D, so that the 3x3 halo re-read
 flattened to BLOCK_H * BLOCK_W lanes. The forward's channels go CHUNK = 8 at a time (the smallest K
 of a float32 tl.dot; 16 with Triton 3.6; masked, unless every channel count is whole chunks): a tile
 of the depthwise output z, then one tl.dot with CHUNK rows of the pointwise weights; outputs are
-masked up to BLOCK_O >= 16. A chunk's nine taps are loaded together: 8 channels keep them in
-registers, where 16 held one tap at a time. The backward kernels have chunks of their own
-(_DZ_CHUNK, _PARAMS_CHUNK).
+masked up to BLOCK_O >= 16. A chunk's nine taps are a loop that the compiler unrolls in some
+builds (their loads then in flight together) but not all: Triton 3.9 keeps it rolled in the
+interior tiles of the 128-pixel configs for sm_90 in half precision, Triton 3.6 in most builds.
+Rolled, a tap's multiply-add costs ~15 SASS instructions, unrolled 6-9. Unrolling it in the source
+(tl.static_range) did not build well: pipelined, the taps went through shared memory (float32 over
+the limit); with 1 stage, sm_80 and float64 builds spilled. The backward kernels have chunks of
+their own (_DZ_CHUNK, _PARAMS_CHUNK).
 float32 products run on the tensor cores as 3xTF32 (_dot: each operand split exactly into its TF32
 high part and the remainder, three TF32 products chained: float32 accuracy, where PyTorch's default
 TF32 conv keeps 10 bits; the interpreter tests round as the tensor cores do: tests/tensor_cores.py);
@@ -65,8 +69,7 @@ _PARAMS_MASKED_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1, maxnreg=168)
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
 # the tile kernels are re-tuned per image width and channel counts (the height only adds tiles)
 _TUNE_KEY = ["W", "C1", "C2", "O"]
-# channels per tl.dot: the forward's, its nine taps' loads in flight together in registers (Triton
-# 3.6 compiles no float32 tl.dot with K < 16)
+# channels per tl.dot: the forward's (Triton 3.6 compiles no float32 tl.dot with K < 16)
 _CHUNK = smallest_dot_k()
 # dz's: a tile's gm is the first operand of every chunk's product, reloaded from shared memory for
 # each: 44% fewer instructions with all 32 channels in one than with 8
@@ -192,7 +195,7 @@ def _depthwise(planes, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, EDGE: tl.c
     first channel."""
     z = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE) + tl.zeros_like(rows + cols).to(COMPUTE)
     at = planes + (rows * W + cols)
-    for t in range(9):  # unrolled by the compiler: the nine taps' loads in flight together
+    for t in range(9):  # unrolled by the compiler in some builds (see the module's docstring)
         w = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)
         z += w * _shifted(at, cmask, rows, cols, t // 3 - 1, t % 3 - 1, H, W, EDGE, COMPUTE)
     return z
