@@ -7,13 +7,13 @@ Programs own 2-D tiles of pixels of one image (2-D, so that the 3x3 halo re-read
 flattened to BLOCK_H * BLOCK_W lanes. The forward's channels go CHUNK = 8 at a time (the smallest K
 of a float32 tl.dot; 16 with Triton 3.6; masked, unless every channel count is whole chunks): a tile
 of the depthwise output z, then one tl.dot with CHUNK rows of the pointwise weights; outputs are
-masked up to BLOCK_O >= 16. A chunk's nine taps are a loop that the compiler unrolls in some
-builds (their loads then in flight together) but not all: Triton 3.9 keeps it rolled in the
-interior tiles of the 128-pixel configs for sm_90 in half precision, Triton 3.6 in most builds.
-Rolled, a tap's multiply-add costs ~15 SASS instructions, unrolled 6-9. Unrolling it in the source
-(tl.static_range) did not build well: pipelined, the taps went through shared memory (float32 over
-the limit); with 1 stage, sm_80 and float64 builds spilled. The backward kernels have chunks of
-their own (_DZ_CHUNK, _PARAMS_CHUNK).
+masked up to BLOCK_O >= 16. A chunk's nine taps are a loop that the compiler unrolls in some builds
+(their loads then in flight together) but not all: Triton 3.9 keeps it rolled in the interior tiles
+of the 128-pixel configs for sm_90 in half precision, Triton 3.6 in most builds. Rolled, a tap's
+multiply-add costs 13-18 SASS instructions (a chunk's loop, all in), unrolled 6-9. Unrolling it in
+the source (tl.static_range) did not build well: pipelined, the taps went through shared memory
+(float32 over the limit); with 1 stage, sm_80 and float64 builds spilled. The backward kernels have
+chunks of their own (_DZ_CHUNK, _PARAMS_CHUNK).
 float32 products run on the tensor cores as 3xTF32 (_dot: each operand split exactly into its TF32
 high part and the remainder, three TF32 products chained: float32 accuracy, where PyTorch's default
 TF32 conv keeps 10 bits; the interpreter tests round as the tensor cores do: tests/tensor_cores.py);
