@@ -10,10 +10,11 @@ of the depthwise output z, then one tl.dot with CHUNK rows of the pointwise weig
 masked up to BLOCK_O >= 16. A chunk's nine taps are a loop that the compiler unrolls in some builds
 (their loads then in flight together) but not all: Triton 3.9 keeps it rolled in the interior tiles
 of the 128-pixel configs for sm_90 in half precision, Triton 3.6 in most builds. Rolled, a tap's
-multiply-add costs 13-18 SASS instructions (a chunk's loop, all in), unrolled 6-9. Unrolling it in
-the source (tl.static_range) did not build well: pipelined, the taps went through shared memory
-(float32 over the limit); with 1 stage, sm_80 and float64 builds spilled. The backward kernels have
-chunks of their own (_DZ_CHUNK, _PARAMS_CHUNK).
+multiply-add costs 13-18 SASS instructions (a chunk's loop, all in), unrolled 6-9. So the 64-pixel
+config comes twice, the second with the taps unrolled in the source (UNROLL_TAPS) and not pipelined
+(the pipeliner would stage the unrolled taps through shared memory). Unrolled, the 128-pixel configs
+spilled on sm_80 and in float64. The backward kernels have chunks of their own (_DZ_CHUNK,
+_PARAMS_CHUNK).
 float32 products run on the tensor cores as 3xTF32 (_dot: each operand split exactly into its TF32
 high part and the remainder, three TF32 products chained: float32 accuracy, where PyTorch's default
 TF32 conv keeps 10 bits; the interpreter tests round as the tensor cores do: tests/tensor_cores.py);
@@ -43,9 +44,9 @@ from . import release
 from ._runtime import autotune, cdiv, launch, next_power_of_2, smallest_dot_k
 
 
-def _configs(*shapes, stages=3, maxnreg=None):
-    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw, num_stages=stages, maxnreg=maxnreg)
-            for bh, bw, nw in shapes]
+def _configs(*shapes, stages=3, maxnreg=None, **constexprs):
+    return [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw} | constexprs, num_warps=nw, num_stages=stages,
+                          maxnreg=maxnreg) for bh, bw, nw in shapes]
 
 
 # (BLOCK_H, BLOCK_W, num_warps), each list checked to build with no spills for sm_80 and sm_90 in
@@ -53,12 +54,16 @@ def _configs(*shapes, stages=3, maxnreg=None):
 # of the forward's products but the K of the params kernel's gm^T z, whose tiles stay small.
 # Register caps only where needed: with one ptxas takes nearly all it is allowed (e.g. 158 of 168
 # where it otherwise settles at 128: three blocks per SM instead of four).
-_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4))
+_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4), UNROLL_TAPS=False)
 # and 64-pixel tiles for small images (the model's 1/12-scale layers: 57600 pixels at 4K), where
 # 128-pixel ones give an SM 14 warps, each with a long chain of loads and products: half the pixels
 # a warp, 72 registers, 28 warps (predicted to hide latency better; the GPU's autotuner decides).
-# Not for float64, where ptxas spills them.
-_FWD_SMALL_IMAGE_CONFIGS = _configs((4, 16, 4))
+# Not for float64, where ptxas spills them. Twice: with the taps' loop as the compiler leaves it, and
+# unrolled in the source, 1 stage (Triton 3.6 leaves the loop rolled in half precision: unrolled, half
+# the instructions and twice the registers; capped at 192, where ptxas otherwise settles at 64 and
+# spills in the masked layers' sm_80 builds).
+_FWD_SMALL_IMAGE_CONFIGS = (_configs((4, 16, 4), UNROLL_TAPS=False)
+                            + _configs((4, 16, 4), stages=1, maxnreg=192, UNROLL_TAPS=True))
 # dz: its loop prefetches only pointwise weights: 2 stages.
 _DZ_CONFIGS = _configs((4, 16, 8), (8, 16, 4), (16, 16, 8), stages=2)
 # params: 1 stage: pipelined, its masked gathers went through shared memory (+15% instructions)
@@ -190,14 +195,25 @@ def _shifted(at, cmask, rows, cols, dy, dx, H, W, EDGE: tl.constexpr, COMPUTE: t
 
 
 @triton.jit
-def _depthwise(planes, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
+def _add_tap(z, t, at, ch, cmask, rows, cols, H, W, dww_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
+    """z + tap t (0..8, row-major) of the 3x3 depthwise."""
+    w = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)
+    return z + w * _shifted(at, cmask, rows, cols, t // 3 - 1, t % 3 - 1, H, W, EDGE, COMPUTE)
+
+
+@triton.jit
+def _depthwise(planes, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr,
+               UNROLL_TAPS: tl.constexpr):
     """z = bias + 3x3 depthwise (zero in masked channels); the weight pointers start at the input's
     first channel."""
     z = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE) + tl.zeros_like(rows + cols).to(COMPUTE)
     at = planes + (rows * W + cols)
-    for t in range(9):  # unrolled by the compiler in some builds (see the module's docstring)
-        w = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)
-        z += w * _shifted(at, cmask, rows, cols, t // 3 - 1, t % 3 - 1, H, W, EDGE, COMPUTE)
+    if UNROLL_TAPS:
+        for t in tl.static_range(9):
+            z = _add_tap(z, t, at, ch, cmask, rows, cols, H, W, dww_ptr, EDGE, COMPUTE)
+    else:
+        for t in range(9):  # unrolled by the compiler in some builds (see the module's docstring)
+            z = _add_tap(z, t, at, ch, cmask, rows, cols, H, W, dww_ptr, EDGE, COMPUTE)
     return z
 
 
@@ -210,13 +226,14 @@ def _weights(pww_ptr, C, cw, cmask, oo, omask, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                   EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
+                   EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
+                   UNROLL_TAPS: tl.constexpr):
     """acc + the pointwise conv of one input's z, [pixels, outputs]; its Ci channels are channels
     first.. of [x, x2]."""
     for c0 in range(0, Ci, CHUNK):
         planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE)
         z = _depthwise(planes[None, :], ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
-                       dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE)
+                       dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE, UNROLL_TAPS)
         w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
         acc = _dot(z, w, acc, COMPUTE)
     return acc
@@ -225,13 +242,13 @@ def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr
 @triton.jit
 def _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
                     EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr):
+                    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, UNROLL_TAPS: tl.constexpr):
     """The conv's output before its activation, [pixels, outputs]."""
     pre = tl.load(pwb_ptr + oo, mask=omask, other=0.0).to(COMPUTE)[None, :] + tl.zeros([BLOCK_P, BLOCK_O], COMPUTE)
     pre = _add_pointwise(pre, x_ptr, n, C1, 0, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                         EDGE, COMPUTE, CHUNK, WHOLE)
+                         EDGE, COMPUTE, CHUNK, WHOLE, UNROLL_TAPS)
     return _add_pointwise(pre, x2_ptr, n, C2, C1, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                          EDGE, COMPUTE, CHUNK, WHOLE)
+                          EDGE, COMPUTE, CHUNK, WHOLE, UNROLL_TAPS)
 
 
 @triton.jit
@@ -249,16 +266,16 @@ def _tanh(a):
 @triton.jit
 def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, C1, C2, O,
                 ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
-                BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, UNROLL_TAPS: tl.constexpr):
     n = tl.program_id(1)
     rows, cols, interior = _tile(tl.program_id(0), H, W, BLOCK_H, BLOCK_W)
     oo, omask = _channels(0, O, BLOCK_O, WHOLE)
     if interior:
         y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo,
-                            omask, False, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O)
+                            omask, False, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, UNROLL_TAPS)
     else:
         y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo,
-                            omask, True, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O)
+                            omask, True, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, UNROLL_TAPS)
     if ACTIVATION == "relu":
         y = tl.where(y < 0, 0.0, y)  # NaN stays NaN, as F.relu
     elif ACTIVATION == "tanh":
