@@ -112,14 +112,11 @@ def test_alignment_cross_cover_builds_each_group_on_each_target_and_both_extreme
     """The build-only check's fewer builds still cover every target of every specialisation that
     differs in more than alignment, and both the least and the most aligned variant of each."""
     import triton_aot
-    from dataclasses import replace
     pairs = triton_aot.alignment_cross_cover(specs, TARGETS)
-    groups = {}
-    for spec in specs:
-        groups.setdefault(replace(spec, aligned=()), []).append(spec)
+    groups = triton_aot.alignment_groups(specs)
     built = {}
     for spec, capability in pairs:
-        built.setdefault(replace(spec, aligned=()), []).append((len(spec.aligned), capability))
+        built.setdefault(triton_aot.unaligned(spec), []).append((len(spec.aligned), capability))
     assert built.keys() == groups.keys() and len(pairs) == len(TARGETS) * len(groups) < 2 * len(specs)
     for group, variants in groups.items():
         marks = sorted(len(s.aligned) for s in variants)

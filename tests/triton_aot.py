@@ -100,16 +100,26 @@ def every_pair(specs, capabilities) -> list[tuple[object, int]]:
     return [(spec, capability) for spec in specs for capability in capabilities]
 
 
+def unaligned(spec):
+    """The specialisation without its alignment marks: what its alignment variants share."""
+    return replace(spec, aligned=())
+
+
+def alignment_groups(specs) -> dict:
+    """Specialisations that differ only in their alignment marks, keyed by ``unaligned``."""
+    groups: dict = {}
+    for spec in specs:
+        groups.setdefault(unaligned(spec), []).append(spec)
+    return groups
+
+
 def alignment_cross_cover(specs, capabilities) -> list[tuple[object, int]]:
     """Fewer builds than every_pair, for a check of compile errors only: specialisations that differ
     only in their alignment marks form a group, each group is built once per target, and its least
     and most aligned variants both built (sm_80 the least: scalar loads; sm_90 the most: vector
     loads): about 60% of every_pair's builds for sgllie's kernels."""
-    groups: dict = {}
-    for spec in specs:
-        groups.setdefault(replace(spec, aligned=()), []).append(spec)
     pairs = []
-    for variants in groups.values():
+    for variants in alignment_groups(specs).values():
         variants.sort(key=lambda s: (len(s.aligned), s.aligned))
         last = len(capabilities) - 1
         pairs += [(variants[round(k * (len(variants) - 1) / max(last, 1))], capability)
