@@ -1,10 +1,13 @@
 """Where each fused op's time goes on a GPU: the Triton kernels alone (replayed as a CUDA graph, so
 no launch overhead), the kernels launched from Python, and the public op call, against the op's
-memory floor. Needs CUDA. ``python -m benchmarks.gpu_profile`` prints a Markdown table.
+memory floor; the host's share of a call timed as the benchmarks time it; every dsconv2d forward
+config on the 4K model's layers. Needs CUDA. ``python -m benchmarks.gpu_profile`` prints Markdown
+tables.
 """
 from __future__ import annotations
 
 import functools
+import time
 
 import torch
 from triton.testing import do_bench, do_bench_cudagraph
@@ -13,7 +16,8 @@ import sgllie
 import sgllie.ops as ops
 from sgllie import kernels as K
 from sgllie.graphs import GraphedEnhance
-from sgllie.kernels._runtime import AUTOTUNED
+from sgllie.kernels._runtime import AUTOTUNED, use_config
+from sgllie.kernels.dsconv2d import _FWD_KERNELS
 
 BYTES_PER_S = 3.0e12  # H100 device-to-device copy, counting reads and writes
 
@@ -89,6 +93,79 @@ def host_breakdown(name: str, kernel, calls: int = 20) -> None:
         print(f"| {name} | {event.key[:60]} | {event.count / calls:.1f} | {event.self_cpu_time_total / calls:.1f} |")
 
 
+# The 4K model's seven dsconv2d layers at scale_factor 12 (180 x 320): (C1, C2, O, activation, count).
+_MODEL_LAYERS_4K = ((3, 0, 32, "relu", 1), (32, 0, 32, "relu", 3), (32, 32, 32, "relu", 2), (32, 32, 3, "tanh", 1))
+
+
+def forward_configs_4k(dtype=torch.float16, bench=do_bench_cudagraph, size=(180, 320)) -> None:
+    """Each forward config of dsconv2d forced in turn on the 4K model's layers: what every config
+    costs there, not only the autotuner's pick (its timings of the others are not kept)."""
+    tuned = _FWD_KERNELS[False]
+    print(f"\n| 4K layer, {str(dtype)[6:]}, us (x count) | " + " | ".join(
+        f"config {k}: {c.kwargs['BLOCK_H']}x{c.kwargs['BLOCK_W']}, {c.num_warps} warps"
+        f"{', taps unrolled' if c.kwargs['UNROLL_TAPS'] else ''}" for k, c in enumerate(tuned.configs))
+        + " |\n|---|" + "---:|" * len(tuned.configs))
+    totals = [0.0] * len(tuned.configs)
+    for c1, c2, o, activation, count in _MODEL_LAYERS_4K:
+        c = c1 + c2
+        x, x2 = _rand(1, c1, *size, dtype=dtype), (_rand(1, c2, *size, dtype=dtype) if c2 else None)
+        params = [_rand(*shape, lo=-1, dtype=dtype) for shape in ((c, 1, 3, 3), (c,), (o, c, 1, 1), (o,))]
+        row = []
+        for k in range(len(tuned.configs)):
+            with use_config(k):
+                call = functools.partial(K.dsconv2d, x, *params, x2=x2, activation=activation)
+                call()
+                row.append(bench(call, rep=50, return_mode="median") * 1e3)
+            totals[k] += count * row[-1]
+        print(f"| {c1}+{c2}->{o} (x{count}) | " + " | ".join(f"{t:.1f}" for t in row) + " |", flush=True)
+    print("| all seven | " + " | ".join(f"{t:.0f}" for t in totals) + " |")
+
+
+def _latency_us(call, rounds: int = 30) -> tuple[float, float]:
+    """(host us to return from the call, us from a synchronised start to the end of its GPU work):
+    the benchmarks' timing, which also counts the host's time until each kernel is enqueued."""
+    host, latency = [], []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(rounds + 3):
+        torch.cuda.synchronize()
+        start.record()
+        t0 = time.perf_counter()
+        call()
+        host.append((time.perf_counter() - t0) * 1e6)
+        end.record()
+        end.synchronize()
+        latency.append(start.elapsed_time(end) * 1e3)
+    host, latency = sorted(host[3:]), sorted(latency[3:])
+    return host[len(host) // 2], latency[len(latency) // 2]
+
+
+def host_latency() -> None:
+    """Each layer of an op call, timed as the benchmarks time it: a synchronised start, so the
+    host's time before the first kernel counts. Where latency ~ host, the call is host-bound."""
+    print("\n| call | host us (to return) | latency us (synchronised start) |\n|---|---:|---:|")
+    x, r = _rand(1, 3, 2160, 3840, dtype=torch.float16), _rand(1, 3, 180, 320, lo=-1, dtype=torch.float16)
+    y = _rand(8, 3, 512, 512).requires_grad_()
+    i = _rand(8, 3, 512, 512)
+
+    def zrl_fwd_bwd():
+        spa, exp, col = ops.zero_reference_loss(y, i, backend="triton")
+        torch.autograd.grad(spa + exp + col, y)
+
+    calls = {
+        "le_curve 4K float16: kernel function (sgllie.kernels.le_curve)": lambda: K.le_curve(x, r, 8),
+        "le_curve 4K float16: torch.ops.sgllie.le_curve": lambda: torch.ops.sgllie.le_curve(x, r, 8, "triton"),
+        "le_curve 4K float16: sgllie.ops.le_curve": lambda: ops.le_curve(x, r, backend="triton"),
+        "copy 4K float16 (x.clone())": x.clone,
+        "zero_reference_loss fwd: kernel function": lambda: K.zero_reference_loss_forward(y, i, 4, 0.6, 16),
+        "zero_reference_loss fwd: sgllie.ops": lambda: ops.zero_reference_loss(y, i, backend="triton"),
+        "zero_reference_loss fwd+bwd: sgllie.ops + autograd.grad": zrl_fwd_bwd,
+    }
+    with ops.no_finite_checks():
+        for name, call in calls.items():
+            host_us, latency_us = _latency_us(call)
+            print(f"| {name} | {host_us:.0f} | {latency_us:.0f} |", flush=True)
+
+
 def main() -> None:
     torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = False
@@ -115,6 +192,8 @@ def main() -> None:
             kernel_breakdown(name, kernel)
         elif name.startswith("model.enhance 4K float16"):
             kernel_breakdown(name, call)  # launched one by one: each kernel's own time
+    host_latency()
+    forward_configs_4k()
     print("\n| op | host event | per call | self CPU us per call |\n|---|---|---:|---:|")
     host_breakdown(*next((name, kernel) for name, kernel, _, _ in cases if name == "zero_reference_loss fwd"))
     print("\n| autotuned kernel | key | chosen config |\n|---|---|---|")

@@ -46,7 +46,7 @@ limited "${TEST_S:-180}" $PYTEST -q $workers -rfE -m "not aot and not cuda_emu a
 echo "tests: exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -15
 
 stage "per-kernel profile"
-limited "${PROFILE_S:-80}" $PY -m benchmarks.gpu_profile > "$OUT/profile.md" 2>&1
+limited "${PROFILE_S:-120}" $PY -m benchmarks.gpu_profile > "$OUT/profile.md" 2>&1
 echo "profile: exit $?"; head -16 "$OUT/profile.md"
 
 if [ "$FULL" = 1 ]; then
