@@ -62,18 +62,21 @@ class Specialisation:
         return f"{consts}; warps={self.num_warps}, stages={self.num_stages}{cap}{aligned}"
 
 
-_recorded: contextvars.ContextVar[set | None] = contextvars.ContextVar("sgllie_triton_recorded", default=None)
+# inside dry_run: the set the launches are recorded into, or _NOT_RECORDED; outside: None
+_recorded: contextvars.ContextVar[set | frozenset | None] = contextvars.ContextVar("sgllie_triton_recorded", default=None)
+_NOT_RECORDED: frozenset = frozenset()
 _forced_config: contextvars.ContextVar[int | None] = contextvars.ContextVar("sgllie_triton_config", default=None)
 
 
 @contextlib.contextmanager
-def dry_run():
+def dry_run(record: bool = True):
     """Launch nothing inside the block; collect the Specialisation of every launch into the set
-    it yields. Outputs stay uninitialised (set SGLLIE_CHECK_FINITE=0 when chaining ops)."""
+    it yields (with ``record=False`` the set stays empty: the host's own work per call is all that
+    runs). Outputs stay uninitialised (set SGLLIE_CHECK_FINITE=0 when chaining ops)."""
     if _backends.triton_interpreting():
         raise RuntimeError("sgllie.kernels.dry_run: needs compiled kernels; unset TRITON_INTERPRET")
     seen: set[Specialisation] = set()
-    token = _recorded.set(seen)
+    token = _recorded.set(seen if record else _NOT_RECORDED)
     try:
         with _backends.triton_dry_run():
             yield seen
@@ -198,9 +201,11 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     if not tuned:  # Triton's defaults, explicit so that a dry run records what the JIT would build
         kwargs = {"num_warps": 4, "num_stages": 3} | kwargs
     kwargs = kwargs | COMPILE_OPTIONS
-    if _recorded.get() is not None:
-        _record(fn, args, kwargs, kernel.configs if tuned else [
-            triton.Config({}, num_warps=kwargs["num_warps"], num_stages=kwargs["num_stages"])])
+    recorded = _recorded.get()
+    if recorded is not None:
+        if recorded is not _NOT_RECORDED:
+            _record(fn, args, kwargs, kernel.configs if tuned else [
+                triton.Config({}, num_warps=kwargs["num_warps"], num_stages=kwargs["num_stages"])])
         return
     forced = _forced_config.get()
     if tuned and (forced is not None or _backends.triton_interpreting()):

@@ -143,6 +143,25 @@ def test_dry_run_specialises_as_the_jit():
     assert dict(one_row.signature)["H"] == "constexpr" and dict(one_row.constexprs)["H"] == 1
 
 
+def test_host_overhead_rows_run_with_nothing_launched_or_recorded():
+    """benchmarks/host_overhead.py times every row inside dry_run(record=False): each row runs (its
+    op calls the Triton backend on CPU tensors), and nothing is launched or recorded."""
+    if _backends.triton_interpreting():
+        pytest.skip("dry runs need compiled kernels: run without TRITON_INTERPRET")
+    from benchmarks import host_overhead
+
+    rows = []
+    with _runtime.dry_run(record=False) as recorded:
+        for op, layer, call in host_overhead._rows():
+            call()
+            rows.append((op, layer))
+    assert not recorded
+    assert len(rows) == 19 and len(set(rows)) == 19, rows
+    with _runtime.dry_run() as recorded:
+        next(host_overhead._rows())[2]()
+    assert {s.name for s in recorded} == {"_le_curve_fwd"}
+
+
 def test_fp_fusion_stays_on_whatever_tritons_default(monkeypatch):
     """Launches and AOT builds ask for FP fusion (FMAs) themselves: Triton 3.10 turns its default off."""
     if _backends.triton_interpreting():
