@@ -109,10 +109,11 @@ def main() -> None:
     info = machine()
     lines = ["# Host time per call of the Triton backend (no GPU)", "",
              f"Written by `python -m benchmarks.host_overhead` on {info['description']}: microseconds of the "
-             "host's work per call (the best of 7 means of 300 calls), kernel launches skipped (`dry_run(record=False)`; Triton's launcher and "
-             "the driver not counted), one torch thread, small CPU tensors; the eager PyTorch rows compute "
-             "on them (a few microseconds of their time is arithmetic). Each layer includes the ones above "
-             "it. See the module's docstring for what the figures are and are not.", "",
+             "host's work per call (the best of 7 means of 300 calls), kernel launches skipped "
+             "(`dry_run(record=False)`; Triton's launcher and the driver not counted), one torch thread, small "
+             "CPU tensors; the eager PyTorch rows compute on them (a few microseconds of their time is "
+             "arithmetic). Each layer includes the ones above it. See the module's docstring for what the "
+             "figures are and are not.", "",
              "| op | call | host us per call |", "|---|---|---:|"]
     with _runtime.dry_run(record=False):
         for op, layer, call in _rows():

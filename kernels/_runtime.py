@@ -63,7 +63,8 @@ class Specialisation:
 
 
 # inside dry_run: the set the launches are recorded into, or _NOT_RECORDED; outside: None
-_recorded: contextvars.ContextVar[set | frozenset | None] = contextvars.ContextVar("sgllie_triton_recorded", default=None)
+_recorded: contextvars.ContextVar[set | frozenset | None] = contextvars.ContextVar("sgllie_triton_recorded",
+                                                                                   default=None)
 _NOT_RECORDED: frozenset = frozenset()
 _forced_config: contextvars.ContextVar[int | None] = contextvars.ContextVar("sgllie_triton_config", default=None)
 

@@ -21,15 +21,18 @@ TF32 conv keeps 10 bits; the interpreter tests round as the tensor cores do: tes
 float64 ones on FMAs ("ieee").
 
 Forward: one read of x (and x2) with the tile's halo, one write of y.
-Backward: three kernels, each small enough to keep in registers (one kernel doing it all spilled:
-Triton keeps every tl.dot operand, and every layout a tile is used in, in registers). gm =
+Backward: three kernels and a small fourth, each small enough to keep in registers (one kernel
+doing it all spilled: Triton keeps every tl.dot operand, and every layout a tile is used in, in
+registers). gm =
 dL/d(pre-activation) is formed where it is loaded, from the incoming gradient and the forward's
 output y (relu' = [y > 0], tanh' = 1 - y^2), so the forward is never recomputed for it:
 - dz: dL/dz = gm W into a float32 scratch (N, C, H, W);
 - params: z recomputed, the four parameter gradients (gm^T z, gm, gz * x shifted, gz) summed over
-  a run of tiles, per pixel lane, then over the lanes once into the program's own row: the host
-  sums the rows in a fixed order (no atomics, the same result every run);
-- input: the transposed depthwise of dL/dz, written to dL/dx and dL/dx2.
+  a run of tiles, per pixel lane, then over the lanes once into the program's own row;
+- input: the transposed depthwise of dL/dz, written to dL/dx and dL/dx2;
+- finish: the params rows summed in a fixed order in float64 (no atomics, the same result every
+  run), each sum stored in its gradient in the parameters' dtype (one launch, where a sum and the
+  copies into four gradients took six).
 """
 from __future__ import annotations
 
@@ -413,6 +416,31 @@ def _dsconv_bwd_params(g_ptr, y_ptr, x_ptr, x2_ptr, dww_ptr, dwb_ptr, gz_ptr, pa
 
 _PARAMS_KERNELS = {whole: autotune(configs, key=_TUNE_KEY)(_dsconv_bwd_params)
                    for whole, configs in ((True, _PARAMS_CONFIGS), (False, _PARAMS_MASKED_CONFIGS))}
+_FINISH_ROWS, _FINISH_COLUMNS = 32, 64  # a _dsconv_bwd_finish program's tile of the partials
+
+
+@triton.jit
+def _dsconv_bwd_finish(part_ptr, rows, gpww_ptr, gpwb_ptr, gdww_ptr, gdwb_ptr, C, O, COMPUTE: tl.constexpr,
+                       ROWS: tl.constexpr, COLUMNS: tl.constexpr):
+    """The params programs' rows summed in a fixed order (float64), each column stored in its
+    gradient, cast to the parameters' dtype (through COMPUTE: no float64 to bfloat16 conversion): a
+    row is [pw weight (O x C), pw bias (O), dw taps (9 x C), dw bias (C)]."""
+    width = O * C + O + 10 * C
+    cols = tl.program_id(0) * COLUMNS + tl.arange(0, COLUMNS)
+    inside = cols < width
+    acc = tl.zeros([COLUMNS], tl.float64)
+    for r0 in range(0, rows, ROWS):
+        rr = r0 + tl.arange(0, ROWS)
+        tile = tl.load(part_ptr + rr[:, None].to(tl.int64) * width + cols[None, :],
+                       mask=(rr[:, None] < rows) & inside[None, :], other=0.0)
+        acc += tl.sum(tile.to(tl.float64), axis=0)
+    acc = acc.to(COMPUTE)
+    tl.store(gpww_ptr + cols, acc, mask=cols < O * C)
+    tl.store(gpwb_ptr + cols - O * C, acc, mask=(cols >= O * C) & (cols < O * C + O))
+    tap, ch = (cols - O * C - O) // C, (cols - O * C - O) % C
+    depthwise = cols >= O * C + O
+    tl.store(gdww_ptr + ch * 9 + tap, acc, mask=depthwise & (tap < 9) & inside)
+    tl.store(gdwb_ptr + ch, acc, mask=depthwise & (tap == 9) & inside)
 
 
 @triton.jit
@@ -521,11 +549,9 @@ def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tens
     gx2 = torch.empty_like(x2) if has_x2 else gx  # gx standing in: never written
     launch(_dsconv_bwd_input, lambda meta: (tiles(meta), c, n), gz, dw_weight, gx, gx2, H, W, c1, c2,
            COMPUTE=compute)
-    part = part.sum(0)  # a fixed order: deterministic
-    g_pw_weight = part[:o * c].view(pw_weight.shape)
-    g_pw_bias = part[o * c:o * c + o]
-    dw = part[o * c + o:].view(10, c)
-    g_dw_weight = dw[:9].t().reshape(dw_weight.shape)
-    # copies: the outputs of a custom op may not be views of one another
-    return (gx, gx2 if has_x2 else None, *(t.to(x.dtype, copy=True) for t in (g_dw_weight, dw[9], g_pw_weight,
-                                                                             g_pw_bias)))
+    g_dw_weight, g_dw_bias, g_pw_weight, g_pw_bias = (torch.empty_like(t) for t in (dw_weight, dw_bias, pw_weight,
+                                                                                   pw_bias))
+    launch(_dsconv_bwd_finish, (cdiv(part.shape[1], _FINISH_COLUMNS),), part, part.shape[0], g_pw_weight,
+           g_pw_bias, g_dw_weight, g_dw_bias, c, o, COMPUTE=compute, ROWS=_FINISH_ROWS, COLUMNS=_FINISH_COLUMNS,
+           num_warps=8)  # 4 warps: ptxas settles at 40 registers and spills in float64 (sm_90)
+    return gx, gx2 if has_x2 else None, g_dw_weight, g_dw_bias, g_pw_weight, g_pw_bias
