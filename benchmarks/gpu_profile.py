@@ -100,10 +100,10 @@ _MODEL_LAYERS_4K = ((3, 0, 32, "relu", 1), (32, 0, 32, "relu", 3), (32, 32, 32, 
 def forward_configs_4k(dtype=torch.float16, bench=do_bench_cudagraph, size=(180, 320)) -> None:
     """Each forward config of dsconv2d forced in turn on the 4K model's layers: what every config
     costs there, not only the autotuner's pick (its timings of the others are not kept)."""
-    tuned = _FWD_KERNELS[False]
+    tuned = _FWD_KERNELS.get(dtype, _FWD_KERNELS[None])
     print(f"\n| 4K layer, {str(dtype)[6:]}, us (x count) | " + " | ".join(
-        f"config {k}: {c.kwargs['BLOCK_H']}x{c.kwargs['BLOCK_W']}, {c.num_warps} warps"
-        f"{', taps unrolled' if c.kwargs['UNROLL_TAPS'] else ''}" for k, c in enumerate(tuned.configs))
+        f"config {k}: {c.kwargs['BLOCK_H']}x{c.kwargs['BLOCK_W']}, {c.num_warps} warps, taps {c.kwargs['TAPS']}"
+        for k, c in enumerate(tuned.configs))
         + " |\n|---|" + "---:|" * len(tuned.configs))
     totals = [0.0] * len(tuned.configs)
     for c1, c2, o, activation, count in _MODEL_LAYERS_4K:

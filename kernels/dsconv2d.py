@@ -1,7 +1,7 @@
 """Depthwise-separable conv: depthwise 3x3 (zero padding 1) + bias, pointwise 1x1 + bias, then an
 activation ("none", "relu" or "tanh"); the input is x, or the channel concatenation [x, x2] read
-from the two tensors (never built). float32/float16/bfloat16 I/O computed in float32, float64 in
-float64.
+from the two tensors (never built). float32/float16/bfloat16 I/O computed in float32 (float16 may
+run float16 products of weights in two parts, ~22 bits: below), float64 in float64.
 
 Programs own 2-D tiles of pixels of one image (2-D, so that the 3x3 halo re-read stays small),
 flattened to BLOCK_H * BLOCK_W lanes. The forward's channels go CHUNK = 8 at a time (the smallest K
@@ -9,12 +9,18 @@ of a float32 tl.dot; 16 with Triton 3.6; masked, unless every channel count is w
 of the depthwise output z, then one tl.dot with CHUNK rows of the pointwise weights; outputs are
 masked up to BLOCK_O >= 16. A chunk's nine taps are a loop that the compiler unrolls in some builds
 (their loads then in flight together) but not all: Triton 3.9 keeps it rolled in the interior tiles
-of the 128-pixel configs for sm_90 in half precision, Triton 3.6 in most builds. Rolled, a tap's
-multiply-add costs 13-18 SASS instructions (a chunk's loop, all in), unrolled 6-9. So the 64-pixel
-config comes twice, the second with the taps unrolled in the source (UNROLL_TAPS) and not pipelined
-(the pipeliner would stage the unrolled taps through shared memory). Unrolled, the 128-pixel configs
-spilled on sm_80 and in float64. The backward kernels have chunks of their own (_DZ_CHUNK,
-_PARAMS_CHUNK).
+of the 128-pixel configs for sm_90 in half precision, Triton 3.6 in most builds (TAPS="loop").
+Rolled, a tap's multiply-add costs 13-18 SASS instructions (a chunk's loop, all in), unrolled 6-9.
+So the 64-pixel config comes twice, the second with the taps unrolled in the source
+(TAPS="unrolled") and not pipelined (the pipeliner would stage the unrolled taps through shared
+memory). Unrolled, the 128-pixel configs spilled on sm_80 and in float64.
+For float16 input the autotune set also has configs that never form z (TAPS="products"; every
+float16 launch takes 16 channels a chunk): the depthwise-then-pointwise is the sum over the nine
+taps of the tap's shifted input times dw[:, t] pw, on the tensor cores (_add_tap_products). Their
+interior loops for sm_90 run 42-49 SASS instructions per pixel and input channel (128- and
+256-pixel tiles, Triton 3.6 and 3.9) where a depthwise in registers runs 63 at best (Triton 3.6,
+64-pixel tiles, taps unrolled) and ~112 rolled in 128-pixel tiles.
+The backward kernels have chunks of their own (_DZ_CHUNK, _PARAMS_CHUNK).
 float32 products run on the tensor cores as 3xTF32 (_dot: each operand split exactly into its TF32
 high part and the remainder, three TF32 products chained: float32 accuracy, where PyTorch's default
 TF32 conv keeps 10 bits; the interpreter tests round as the tensor cores do: tests/tensor_cores.py);
@@ -57,7 +63,7 @@ def _configs(*shapes, stages=3, maxnreg=None, **constexprs):
 # of the forward's products but the K of the params kernel's gm^T z, whose tiles stay small.
 # Register caps only where needed: with one ptxas takes nearly all it is allowed (e.g. 158 of 168
 # where it otherwise settles at 128: three blocks per SM instead of four).
-_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4), UNROLL_TAPS=False)
+_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4), TAPS="loop")
 # and 64-pixel tiles for small images (the model's 1/12-scale layers: 57600 pixels at 4K), where
 # 128-pixel ones give an SM 14 warps, each with a long chain of loads and products: half the pixels
 # a warp, 72 registers, 28 warps (predicted to hide latency better; the GPU's autotuner decides).
@@ -65,8 +71,13 @@ _FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4), UNROLL_TAPS=False)
 # unrolled in the source, 1 stage (Triton 3.6 leaves the loop rolled in half precision: unrolled, half
 # the instructions and twice the registers; capped at 192, where ptxas otherwise settles at 64 and
 # spills in the masked layers' sm_80 builds).
-_FWD_SMALL_IMAGE_CONFIGS = (_configs((4, 16, 4), UNROLL_TAPS=False)
-                            + _configs((4, 16, 4), stages=1, maxnreg=192, UNROLL_TAPS=True))
+_FWD_SMALL_IMAGE_CONFIGS = (_configs((4, 16, 4), TAPS="loop")
+                            + _configs((4, 16, 4), stages=1, maxnreg=192, TAPS="unrolled"))
+# float16 also: the taps as tensor-core products (TAPS="products", see _add_tap_products), 1 stage (3
+# stages: +20% instructions for what the products read once); capped at 240 registers, where ptxas
+# otherwise settles at 128 and spills in the masked layers' sm_80 builds. float16 launches take
+# 16 channels a chunk in every config (the products' K).
+_FWD_FLOAT16_CONFIGS = _configs((8, 16, 4), (4, 16, 4), (16, 16, 8), stages=1, maxnreg=240, TAPS="products")
 # dz: its loop prefetches only pointwise weights: 2 stages.
 _DZ_CONFIGS = _configs((4, 16, 8), (8, 16, 4), (16, 16, 8), stages=2)
 # params: 1 stage: pipelined, its masked gathers went through shared memory (+15% instructions)
@@ -77,8 +88,10 @@ _PARAMS_MASKED_CONFIGS = _configs((4, 4, 4), (2, 8, 4), stages=1, maxnreg=168)
 _PLANE_CONFIGS = _configs((16, 64, 4), (8, 64, 2), (32, 64, 8))
 # the tile kernels are re-tuned per image width and channel counts (the height only adds tiles)
 _TUNE_KEY = ["W", "C1", "C2", "O"]
-# channels per tl.dot: the forward's (Triton 3.6 compiles no float32 tl.dot with K < 16)
+# channels per tl.dot: the forward's (Triton 3.6 compiles no float32 tl.dot with K < 16); and its
+# float16 products' (no Triton compiles a float16 tl.dot with K < 16 for NVIDIA GPUs)
 _CHUNK = smallest_dot_k()
+_PRODUCTS_CHUNK = 16
 # dz's: a tile's gm is the first operand of every chunk's product, reloaded from shared memory for
 # each: 44% fewer instructions with all 32 channels in one than with 8
 _DZ_CHUNK = 32
@@ -206,12 +219,12 @@ def _add_tap(z, t, at, ch, cmask, rows, cols, H, W, dww_ptr, EDGE: tl.constexpr,
 
 @triton.jit
 def _depthwise(planes, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr,
-               UNROLL_TAPS: tl.constexpr):
+               TAPS: tl.constexpr):
     """z = bias + 3x3 depthwise (zero in masked channels); the weight pointers start at the input's
     first channel."""
     z = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE) + tl.zeros_like(rows + cols).to(COMPUTE)
     at = planes + (rows * W + cols)
-    if UNROLL_TAPS:
+    if TAPS == "unrolled":
         for t in tl.static_range(9):
             z = _add_tap(z, t, at, ch, cmask, rows, cols, H, W, dww_ptr, EDGE, COMPUTE)
     else:
@@ -228,30 +241,56 @@ def _weights(pww_ptr, C, cw, cmask, oo, omask, COMPUTE: tl.constexpr):
 
 
 @triton.jit
+def _add_tap_products(acc, planes, ch, cmask, rows, cols, H, W, w, dww_ptr, dwb_ptr, EDGE: tl.constexpr,
+                      COMPUTE: tl.constexpr):
+    """acc + the pointwise conv of the depthwise conv of a chunk, as tensor-core products: each tap's
+    shifted input [pixels, channels], as read (float16: exact operands), times the tap's weights
+    (dw[:, t] pw)[channels, outputs] as two float16 parts (high, and the remainder: ~22 bits),
+    accumulated in float32; then the depthwise bias through the pointwise (dwb pw). z is never
+    formed. One float16 part alone kept 11 bits, as PyTorch's float16 conv keeps of z: enough for
+    the output, not for its ReLU mask, which then disagreed with the exact one on ~1% of pixels."""
+    at = planes[None, :] + (rows * W + cols)[:, None]
+    for t in tl.static_range(9):
+        x = _shifted(at, cmask[None, :], rows[:, None], cols[:, None], t // 3 - 1, t % 3 - 1, H, W, EDGE,
+                     planes.dtype.element_ty)
+        tap = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)[:, None] * w
+        high = tap.to(x.dtype)
+        acc = tl.dot(x, (tap - high.to(COMPUTE)).to(x.dtype), acc)
+        acc = tl.dot(x, high, acc)
+    dwb = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE)
+    return acc + tl.sum(dwb[:, None] * w, axis=0)[None, :]
+
+
+@triton.jit
 def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
                    EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
-                   UNROLL_TAPS: tl.constexpr):
+                   TAPS: tl.constexpr):
     """acc + the pointwise conv of one input's z, [pixels, outputs]; its Ci channels are channels
     first.. of [x, x2]."""
     for c0 in range(0, Ci, CHUNK):
         planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE)
-        z = _depthwise(planes[None, :], ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
-                       dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE, UNROLL_TAPS)
-        w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
-        acc = _dot(z, w, acc, COMPUTE)
+        if TAPS == "products":
+            w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
+            acc = _add_tap_products(acc, planes, ch, cmask, rows, cols, H, W, w, dww_ptr + first * 9,
+                                    dwb_ptr + first, EDGE, COMPUTE)
+        else:
+            z = _depthwise(planes[None, :], ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
+                           dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE, TAPS)
+            w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
+            acc = _dot(z, w, acc, COMPUTE)
     return acc
 
 
 @triton.jit
 def _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
                     EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, UNROLL_TAPS: tl.constexpr):
+                    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, TAPS: tl.constexpr):
     """The conv's output before its activation, [pixels, outputs]."""
     pre = tl.load(pwb_ptr + oo, mask=omask, other=0.0).to(COMPUTE)[None, :] + tl.zeros([BLOCK_P, BLOCK_O], COMPUTE)
     pre = _add_pointwise(pre, x_ptr, n, C1, 0, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                         EDGE, COMPUTE, CHUNK, WHOLE, UNROLL_TAPS)
+                         EDGE, COMPUTE, CHUNK, WHOLE, TAPS)
     return _add_pointwise(pre, x2_ptr, n, C2, C1, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                          EDGE, COMPUTE, CHUNK, WHOLE, UNROLL_TAPS)
+                          EDGE, COMPUTE, CHUNK, WHOLE, TAPS)
 
 
 @triton.jit
@@ -269,16 +308,16 @@ def _tanh(a):
 @triton.jit
 def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, C1, C2, O,
                 ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
-                BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, UNROLL_TAPS: tl.constexpr):
+                BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TAPS: tl.constexpr):
     n = tl.program_id(1)
     rows, cols, interior = _tile(tl.program_id(0), H, W, BLOCK_H, BLOCK_W)
     oo, omask = _channels(0, O, BLOCK_O, WHOLE)
     if interior:
         y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo,
-                            omask, False, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, UNROLL_TAPS)
+                            omask, False, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, TAPS)
     else:
         y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo,
-                            omask, True, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, UNROLL_TAPS)
+                            omask, True, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, TAPS)
     if ACTIVATION == "relu":
         y = tl.where(y < 0, 0.0, y)  # NaN stays NaN, as F.relu
     elif ACTIVATION == "tanh":
@@ -287,8 +326,10 @@ def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, 
     tl.store(y_ptr + offs, y, mask=mask)
 
 
-_FWD_KERNELS = {double: autotune(configs, key=_TUNE_KEY)(_dsconv_fwd)
-                for double, configs in ((False, _FWD_CONFIGS + _FWD_SMALL_IMAGE_CONFIGS), (True, _FWD_CONFIGS))}
+# per input dtype (others: None)
+_FWD_KERNELS = {dtype: autotune(configs, key=_TUNE_KEY)(_dsconv_fwd) for dtype, configs in (
+    (None, _FWD_CONFIGS + _FWD_SMALL_IMAGE_CONFIGS), (torch.float64, _FWD_CONFIGS),
+    (torch.float16, _FWD_CONFIGS + _FWD_SMALL_IMAGE_CONFIGS + _FWD_FLOAT16_CONFIGS))}
 
 
 @triton.jit
@@ -511,9 +552,11 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
         x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)
     n, c1, H, W = x.shape
     y = x.new_empty(n, o, H, W)
+    kernel = _FWD_KERNELS.get(x.dtype, _FWD_KERNELS[None])
+    chunk = _PRODUCTS_CHUNK if x.dtype == torch.float16 else _CHUNK
     grid = lambda meta: (cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
-    launch(_FWD_KERNELS[compute == tl.float64], grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W,
-           c1, c2, o, ACTIVATION=activation, COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, _CHUNK))
+    launch(kernel, grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o, ACTIVATION=activation,
+           COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, chunk))
     return y
 
 

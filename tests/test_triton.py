@@ -38,10 +38,14 @@ def test_half_precision_io(op, dtype):
     assert_close(outputs_and_grads(fused, inputs), truth(ref, inputs), dtype, op)
 
 
-def _config_indices() -> range:
-    """Indices for use_config that reach every config of every autotuned kernel (modulo its count)."""
+def _config_indices(dtype: torch.dtype = torch.float32) -> range:
+    """Indices for use_config that reach every config of every autotuned kernel that launches in
+    ``dtype`` may run (modulo its count): dsconv2d's forward has a config set per dtype."""
     from sgllie.kernels._runtime import AUTOTUNED
-    return range(max(len(kernel.configs) for kernel in AUTOTUNED))
+    from sgllie.kernels.dsconv2d import _FWD_KERNELS
+    forward = _FWD_KERNELS.get(dtype, _FWD_KERNELS[None])
+    others = [kernel for kernel in _FWD_KERNELS.values() if kernel is not forward]
+    return range(max(len(kernel.configs) for kernel in AUTOTUNED if all(kernel is not o for o in others)))
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -70,21 +74,23 @@ def test_deterministic(op):
         assert torch.equal(a, b), op
 
 
-def test_dsconv2d_interior_and_edge_tiles():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_dsconv2d_interior_and_edge_tiles(dtype):
     """Tiles whose 3x3 halo lies inside the image load without masks, the others with: an image on
     which every config of the dsconv2d kernels has both (the 64-wide tiles of the input gradient
     kernel need 129 columns) but the input gradient's 32-row tiles, with a skip input and whole
-    chunks of channels."""
+    chunks of channels. float16: the forward's tap products (configs of their own)."""
     device = triton_device()
-    x, x2 = (rand(device, torch.float32, 1, 16, 35, 131) for _ in range(2))
-    params = [rand(device, torch.float32, *s, lo=-1) / 4 for s in ((32, 1, 3, 3), (32,), (32, 32, 1, 1), (32,))]
+    x, x2 = (rand(device, dtype, 1, 16, 35, 131) for _ in range(2))
+    params = [(rand(device, torch.float32, *s, lo=-1) / 4).to(dtype)
+              for s in ((32, 1, 3, 3), (32,), (32, 32, 1, 1), (32,))]
     fused = lambda a, b, *p: ops.dsconv2d(a, *p, x2=b, activation="relu", backend="triton")  # noqa: E731
     ref = lambda a, b, *p: reference.dsconv2d(a, *p, x2=b, activation="relu")  # noqa: E731
     want = truth(ref, [x, x2, *params])
     from sgllie.kernels._runtime import use_config
-    for k in _config_indices():
+    for k in _config_indices(dtype):
         with use_config(k):
-            assert_close(outputs_and_grads(fused, [x, x2, *params]), want, torch.float32, f"dsconv2d config {k}")
+            assert_close(outputs_and_grads(fused, [x, x2, *params]), want, dtype, f"dsconv2d config {k}")
 
 
 @triton.jit
