@@ -17,7 +17,7 @@ import sgllie.ops as ops
 from sgllie import kernels as K
 from sgllie.graphs import GraphedEnhance
 from sgllie.kernels._runtime import AUTOTUNED, use_config
-from sgllie.kernels.dsconv2d import _FWD_KERNELS
+from sgllie.kernels.dsconv2d import forward_kernel
 
 BYTES_PER_S = 3.0e12  # H100 device-to-device copy, counting reads and writes
 
@@ -100,7 +100,7 @@ _MODEL_LAYERS_4K = ((3, 0, 32, "relu", 1), (32, 0, 32, "relu", 3), (32, 32, 32, 
 def forward_configs_4k(dtype=torch.float16, bench=do_bench_cudagraph, size=(180, 320)) -> None:
     """Each forward config of dsconv2d forced in turn on the 4K model's layers: what every config
     costs there, not only the autotuner's pick (its timings of the others are not kept)."""
-    tuned = _FWD_KERNELS.get(dtype, _FWD_KERNELS[None])
+    tuned, _ = forward_kernel(dtype)
     print(f"\n| 4K layer, {str(dtype)[6:]}, us (x count) | " + " | ".join(
         f"config {k}: {c.kwargs['BLOCK_H']}x{c.kwargs['BLOCK_W']}, {c.num_warps} warps, taps {c.kwargs['TAPS']}"
         for k, c in enumerate(tuned.configs))

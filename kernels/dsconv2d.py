@@ -544,6 +544,11 @@ def _chunks(c1: int, c2: int, o: int, chunk: int) -> dict:
     return dict(CHUNK=chunk, WHOLE=c1 % chunk == 0 and c2 % chunk == 0 and o == _block(o))
 
 
+def forward_kernel(dtype: torch.dtype) -> tuple[triton.runtime.Autotuner, int]:
+    """The autotuned forward kernel that inputs of ``dtype`` launch, and its channels per chunk."""
+    return _FWD_KERNELS.get(dtype, _FWD_KERNELS[None]), _PRODUCTS_CHUNK if dtype == torch.float16 else _CHUNK
+
+
 def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw_weight: torch.Tensor,
              pw_bias: torch.Tensor, x2: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
     if x.dtype == torch.float64 and not _FLOAT64_DOT:
@@ -552,8 +557,7 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
         x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)
     n, c1, H, W = x.shape
     y = x.new_empty(n, o, H, W)
-    kernel = _FWD_KERNELS.get(x.dtype, _FWD_KERNELS[None])
-    chunk = _PRODUCTS_CHUNK if x.dtype == torch.float16 else _CHUNK
+    kernel, chunk = forward_kernel(x.dtype)
     grid = lambda meta: (cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
     launch(kernel, grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o, ACTIVATION=activation,
            COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, chunk))

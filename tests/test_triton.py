@@ -42,8 +42,8 @@ def _config_indices(dtype: torch.dtype = torch.float32) -> range:
     """Indices for use_config that reach every config of every autotuned kernel that launches in
     ``dtype`` may run (modulo its count): dsconv2d's forward has a config set per dtype."""
     from sgllie.kernels._runtime import AUTOTUNED
-    from sgllie.kernels.dsconv2d import _FWD_KERNELS
-    forward = _FWD_KERNELS.get(dtype, _FWD_KERNELS[None])
+    from sgllie.kernels.dsconv2d import _FWD_KERNELS, forward_kernel
+    forward, _ = forward_kernel(dtype)
     others = [kernel for kernel in _FWD_KERNELS.values() if kernel is not forward]
     return range(max(len(kernel.configs) for kernel in AUTOTUNED if all(kernel is not o for o in others)))
 
