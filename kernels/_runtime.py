@@ -11,14 +11,24 @@ really launches can be seen.
   ahead-of-time compile test drives the ops and the model through it and builds exactly these for
   sm_80 and sm_90, not a hand list that could drift from the launch sites.
 - ``counting()`` counts the global-memory bytes each launch reads and writes (interpreter only).
+- Triton's own launch path (``Autotuner.run`` then ``JITFunction.run``) costs 10-20 us of Python a
+  launch on a 2-core Xeon, about as much as the rest of an op's host work together
+  (benchmarks/results/host_overhead.md). So a launch goes through it once per specialisation; the
+  kernel it compiled (and, autotuned, the config it chose) is kept, and later launches with the same
+  specialisation go straight to it through ``CompiledKernel[grid]``, Triton's launcher for a compiled
+  kernel (the same in Triton 3.3 to 3.9).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 from dataclasses import dataclass
 
+import torch
 import triton
+from triton.compiler import CompiledKernel
+from triton.runtime import driver as _driver
 
 from sgllie.ops import _backends
 
@@ -67,6 +77,7 @@ _recorded: contextvars.ContextVar[set | frozenset | None] = contextvars.ContextV
                                                                                    default=None)
 _NOT_RECORDED: frozenset = frozenset()
 _forced_config: contextvars.ContextVar[int | None] = contextvars.ContextVar("sgllie_triton_config", default=None)
+_through_triton: contextvars.ContextVar[bool] = contextvars.ContextVar("sgllie_through_triton", default=False)
 
 
 @contextlib.contextmanager
@@ -83,6 +94,17 @@ def dry_run(record: bool = True):
             yield seen
     finally:
         _recorded.reset(token)
+
+
+@contextlib.contextmanager
+def through_triton():
+    """Every launch inside the block goes through Triton's own launch path, none straight to a kernel
+    it compiled before (to compare the two: tests, benchmarks)."""
+    token = _through_triton.set(True)
+    try:
+        yield
+    finally:
+        _through_triton.reset(token)
 
 
 @contextlib.contextmanager
@@ -211,10 +233,81 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     forced = _forced_config.get()
     if tuned and (forced is not None or _backends.triton_interpreting()):
         config = kernel.configs[(forced or 0) % len(kernel.configs)]
-        kernel, kwargs = fn, kwargs | config.all_kwargs()
+        kernel, tuned, kwargs = fn, False, kwargs | config.all_kwargs()
     if not _backends.triton_interpreting():
-        kernel[grid](*args, **kwargs)
+        _launch_compiled(kernel, tuned, fn, grid, args, kwargs)
         return
     from . import _counting  # noqa: PLC0415  (bytes are counted under the interpreter only)
     with _counting.launch_scope(fn.__name__, grid, args, kwargs):
         kernel[grid](*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Params:
+    """A kernel's parameter names and defaults, and per parameter whether a launch is specialised on
+    its exact value (a constexpr, or a key of the autotuner's choice) or on its class (_arg_class)."""
+    names: tuple[str, ...]
+    exact: tuple[bool, ...]
+    defaults: dict
+
+    @staticmethod
+    def of(kernel, fn) -> _Params:
+        keys = set(getattr(kernel, "keys", ()))
+        return _Params(tuple(fn.arg_names), tuple(p.is_constexpr or p.name in keys for p in fn.params),
+                       {p.name: p.default for p in fn.params if p.default is not inspect.Parameter.empty})
+
+
+_I32 = range(-2**31, 2**31)
+
+
+def _arg_class(value, exact: bool) -> object:
+    """What of an argument Triton's JIT specialises a build on, or finer: the value itself where
+    ``exact``, a tensor's dtype and 16-byte alignment, an integer's being 1, divisible by 16 and
+    32-bit, a float's type."""
+    if exact:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.dtype, value.data_ptr() % 16 == 0
+    if type(value) is int:
+        return value == 1, value % 16 == 0, value in _I32
+    return float if type(value) is float else value
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    kernel: CompiledKernel
+    meta: dict         # every parameter not passed positionally: the call's keywords, the chosen config's
+    tail: tuple        # ... their values in the kernel's order, after the positional ones
+
+
+# (kernel, device, keyword arguments, each positional argument's class) -> _Compiled
+_compiled: dict[tuple, _Compiled] = {}
+_params: dict[object, _Params] = {}
+
+
+def _launch_compiled(kernel, tuned: bool, fn, grid, args: tuple, kwargs: dict) -> None:
+    """``kernel[grid](*args, **kwargs)``, through Triton's launch path only the first time for a
+    specialisation (see the module's docstring)."""
+    params = _params.get(kernel) or _params.setdefault(kernel, _Params.of(kernel, fn))
+    key = (kernel, _current_device(), *kwargs.items(), *map(_arg_class, args, params.exact))
+    found = None if _through_triton.get() else _compiled.get(key)
+    if found is None:
+        compiled = kernel[grid](*args, **kwargs)
+        if isinstance(compiled, CompiledKernel) and not (tuned and _has_hooks(kernel)):
+            meta = params.defaults | kwargs | (kernel.best_config.kwargs if tuned else {})
+            _compiled[key] = _Compiled(compiled, meta, tuple(meta[name] for name in params.names[len(args):]))
+        return
+    if callable(grid):
+        grid = grid(dict(zip(params.names, args)) | found.meta)
+    found.kernel[(*grid, 1, 1)[:3]](*args, *found.tail)
+
+
+def _has_hooks(kernel) -> bool:
+    """Whether an autotuned kernel runs Python around its launches (none of sgllie's does): those go
+    through Triton's path every time."""
+    return any(c.pre_hook is not None for c in kernel.configs) or bool(
+        getattr(kernel, "reset_to_zero", None) or getattr(kernel, "restore_value", None))
+
+
+def _current_device() -> int:
+    return _driver.active.get_current_device()
