@@ -109,6 +109,28 @@ def _rows():
     yield Row("zero_reference_loss", "sgllie.ops, NaN checks on",
               lambda: ops.zero_reference_loss(y, i, backend="triton"), nan_checks=True)
 
+    # the model: a frame's inference at scale 12 (9 launches) and a training step without the semantic
+    # term (60 launches), as a GPU runs them when nothing is graphed
+    from sgllie import EnhanceNet  # noqa: PLC0415
+    from sgllie.losses import LossWeights, SGZLoss  # noqa: PLC0415
+
+    frame, crops = torch.rand(1, 3, 48, 72), torch.rand(2, 3, 32, 32)
+    inference, trained, loss = EnhanceNet(scale_factor=12).eval(), EnhanceNet(), SGZLoss(LossWeights(sem=0))
+
+    def infer(backend):
+        with ops.use_backend(backend), torch.inference_mode():
+            return inference.enhance(frame)
+
+    def train_step(backend):
+        with ops.use_backend(backend):
+            enhanced, r = trained(crops)
+            return torch.autograd.grad(loss(enhanced, r, crops)[0], list(trained.parameters()))
+
+    yield Row("EnhanceNet(scale 12).enhance 72x48", "sgllie (triton)", lambda: infer("triton"))
+    yield Row("EnhanceNet(scale 12).enhance 72x48", "eager PyTorch", lambda: infer("reference"), triton=False)
+    # (no eager row: the CPU's convolutions would be most of its time)
+    yield Row("training step (sem=0) 2x3x32x32", "sgllie (triton)", lambda: train_step("triton"))
+
 
 @contextlib.contextmanager
 def _nan_checks(on: bool):
@@ -135,7 +157,7 @@ def _launching(column: str):
     if column == COLUMNS[0]:
         return _runtime.dry_run(record=False)
     stack = contextlib.ExitStack()
-    stack.enter_context(stub_driver())
+    stack.enter_context(stub_driver(record=False))
     if column == COLUMNS[1]:
         stack.enter_context(_runtime.through_triton())
     return stack
@@ -162,7 +184,7 @@ def main() -> None:
              "microseconds of the host's work per call (the best of 7 means of 300 calls) on small CPU tensors; "
              "no kernel runs (the eager PyTorch rows compute: a few microseconds of their time is arithmetic). "
              f"{COLUMNS[0]}: `dry_run(record=False)`; {COLUMNS[1]}: under a stub driver (no GPU, real cubins "
-             "compiled, the launcher records instead of launching), every launch through Triton's "
+             "compiled, a launcher that launches nothing), every launch through Triton's "
              f"`Autotuner.run` and `JITFunction.run`; {COLUMNS[2]}: the same, with launches after the first of a "
              "specialisation going straight to the kernel Triton compiled, as they do on a GPU. The driver's "
              "own work (cuLaunchKernelEx) is in no column. Each layer includes the ones above it. See the "

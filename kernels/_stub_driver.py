@@ -30,9 +30,9 @@ class Launch:
     args: tuple  # every parameter of the kernel, constexprs included, as Triton's launchers take them
 
 
-# where launches are recorded: the current stub_driver block's list (the launchers of compiled kernels
-# outlive the block, in Triton's caches and sgllie's)
-_launches: list[Launch] = []
+# where launches are recorded: the current stub_driver block's list, or None (the launchers of compiled
+# kernels outlive the block, in Triton's caches and sgllie's)
+_launches: list[Launch] | None = None
 
 
 class _Utils:
@@ -77,7 +77,8 @@ class _StubDriver:
 
         def launcher(grid_0, grid_1, grid_2, stream, function, packed_metadata, launch_metadata, enter_hook,
                      exit_hook, *args):
-            _launches.append(Launch(name, build, (grid_0, grid_1, grid_2), args))
+            if _launches is not None:
+                _launches.append(Launch(name, build, (grid_0, grid_1, grid_2), args))
         return launcher
 
     def get_benchmarker(self):
@@ -94,19 +95,22 @@ class _StubDriver:
 
 
 @contextlib.contextmanager
-def stub_driver(arch: int = 90):
+def stub_driver(arch: int = 90, record: bool = True):
     """Inside the block Triton launches through a stub driver for an sm_``arch`` GPU: yields the list
-    each launch's Launch is appended to."""
+    each launch's Launch is appended to (with ``record=False`` it stays empty: a record keeps the
+    launch's tensors alive)."""
     if _backends.triton_interpreting():
         raise RuntimeError("sgllie.kernels.stub_driver: needs compiled kernels; unset TRITON_INTERPRET")
     if torch.cuda.is_available():  # Triton's caches would keep the stub's kernels for the real GPU
         raise RuntimeError("sgllie.kernels.stub_driver: for machines without a GPU")
     global _launches
-    _launches = []
+    launches: list[Launch] = []
+    outer, _launches = _launches, (launches if record else None)
     saved = dict(vars(driver))  # not reset_active(): from Triton 3.6 on it creates the real driver
     driver.set_active(_StubDriver(GPUTarget("cuda", arch, 32)))
     try:
         with _backends.triton_dry_run():
-            yield _launches
+            yield launches
     finally:
         vars(driver).update(saved)
+        _launches = outer
