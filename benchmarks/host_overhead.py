@@ -33,18 +33,21 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 
 
-def _per_call_us(fn, calls: int = 300, repeats: int = 7) -> float:
-    """The least over ``repeats`` of the mean time of ``calls`` back-to-back calls (one thread): what
-    a call costs when nothing else on the machine gets in its way."""
-    for _ in range(30):
-        fn()
-    means = []
+def _side_by_side(row, columns, calls: int = 300, repeats: int = 7) -> dict[str, float]:
+    """Per column, the least over ``repeats`` of the mean time of ``calls`` back-to-back calls (one
+    thread): what a call costs when nothing else on the machine gets in its way. The columns take
+    turns within each repeat, so that a machine's drift falls on all of them alike."""
+    best: dict[str, float] = {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        means.append((time.perf_counter() - t0) / calls * 1e6)
-    return min(means)
+        for column in columns:
+            with _launching(column), _nan_checks(row.nan_checks):
+                for _ in range(10):  # warm (the first call of each specialisation compiles: stub driver)
+                    row.call()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    row.call()
+                best[column] = min(best.get(column, float("inf")), (time.perf_counter() - t0) / calls * 1e6)
+    return best
 
 
 def _fwd_bwd(op, wrt):
@@ -164,24 +167,23 @@ def _launching(column: str):
 
 
 def main() -> None:
+    import triton  # noqa: PLC0415
+
     from .conftest import machine  # noqa: PLC0415
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     info = machine()
     columns = COLUMNS if not torch.cuda.is_available() else COLUMNS[:1]  # the stub driver: no GPU only
-    times: dict[tuple[str, str], dict[str, float]] = {}
-    for column in columns:
-        with _launching(column):
-            for row in _rows():
-                if row.triton or column == COLUMNS[0]:
-                    with _nan_checks(row.nan_checks):
-                        row.call()  # the first call of each specialisation compiles it (stub driver)
-                        times.setdefault((row.op, row.layer), {})[column] = _per_call_us(row.call)
-                    print(row.op, row.layer, column, f"{times[row.op, row.layer][column]:.1f}", flush=True)
+    times = {}
+    for row in _rows():
+        times[row.op, row.layer] = _side_by_side(row, columns if row.triton else columns[:1])
+        print(row.op, row.layer, times[row.op, row.layer], flush=True)
     lines = ["# Host time per call of the Triton backend (no GPU)", "",
-             f"Written by `python -m benchmarks.host_overhead` on {info['description']}: "
-             "microseconds of the host's work per call (the best of 7 means of 300 calls) on small CPU tensors; "
+             f"Written by `python -m benchmarks.host_overhead` on {info['description']}, triton "
+             f"{triton.__version__}: "
+             "microseconds of the host's work per call (the best of 7 means of 300 calls, the columns taking "
+             "turns) on small CPU tensors; "
              "no kernel runs (the eager PyTorch rows compute: a few microseconds of their time is arithmetic). "
              f"{COLUMNS[0]}: `dry_run(record=False)`; {COLUMNS[1]}: under a stub driver (no GPU, real cubins "
              "compiled, a launcher that launches nothing), every launch through Triton's "
