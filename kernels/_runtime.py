@@ -11,9 +11,9 @@ really launches can be seen.
   ahead-of-time compile test drives the ops and the model through it and builds exactly these for
   sm_80 and sm_90, not a hand list that could drift from the launch sites.
 - ``counting()`` counts the global-memory bytes each launch reads and writes (interpreter only).
-- Triton's own launch path (``Autotuner.run`` then ``JITFunction.run``) costs 10-20 us of Python a
-  launch on a 2-core Xeon, about as much as the rest of an op's host work together
-  (benchmarks/results/host_overhead.md). So a launch goes through it once per specialisation; the
+- Triton's own launch path (``Autotuner.run`` then ``JITFunction.run``) costs 15-30 us of Python a
+  launch on a 2-core Xeon, as much as the rest of an op's host work together or more
+  (benchmarks/results/host_overhead.md, measured under kernels/_stub_driver.py). So a launch goes through it once per specialisation; the
   kernel it compiled (and, autotuned, the config it chose) is kept, and later launches with the same
   specialisation go straight to it through ``CompiledKernel[grid]``, Triton's launcher for a compiled
   kernel (the same in Triton 3.3 to 3.9).
