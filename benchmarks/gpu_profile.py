@@ -16,7 +16,7 @@ import sgllie
 import sgllie.ops as ops
 from sgllie import kernels as K
 from sgllie.graphs import GraphedEnhance
-from sgllie.kernels._runtime import AUTOTUNED, use_config
+from sgllie.kernels._runtime import AUTOTUNED, through_triton, use_config
 from sgllie.kernels.dsconv2d import forward_kernel
 
 BYTES_PER_S = 3.0e12  # H100 device-to-device copy, counting reads and writes
@@ -141,7 +141,9 @@ def _latency_us(call, rounds: int = 30) -> tuple[float, float]:
 
 def host_latency() -> None:
     """Each layer of an op call, timed as the benchmarks time it: a synchronised start, so the
-    host's time before the first kernel counts. Where latency ~ host, the call is host-bound."""
+    host's time before the first kernel counts. Where latency ~ host, the call is host-bound. Each
+    also with every launch through Triton's own launch path (sgllie's takes it once per
+    specialisation): the GPU host's figures for benchmarks/results/host_overhead.md's columns."""
     print("\n| call | host us (to return) | latency us (synchronised start) |\n|---|---:|---:|")
     x, r = _rand(1, 3, 2160, 3840, dtype=torch.float16), _rand(1, 3, 180, 320, lo=-1, dtype=torch.float16)
     y = _rand(8, 3, 512, 512).requires_grad_()
@@ -164,6 +166,10 @@ def host_latency() -> None:
         for name, call in calls.items():
             host_us, latency_us = _latency_us(call)
             print(f"| {name} | {host_us:.0f} | {latency_us:.0f} |", flush=True)
+            if not name.startswith("copy"):  # the same with every launch through Triton's own path
+                with through_triton():
+                    host_us, latency_us = _latency_us(call)
+                print(f"| {name}, Triton's launch path | {host_us:.0f} | {latency_us:.0f} |", flush=True)
 
 
 def main() -> None:
