@@ -2,8 +2,9 @@
 
 Inside ``stub_driver()`` the Triton backend takes CPU tensors and a launch goes the whole way a GPU's
 does: Triton's argument binding and specialisation, its compile cache (real cubins, built for the
-stub's target), the autotuner (every config compiled; timed as equal, so the first is chosen) and
-sgllie's own path to the compiled kernels (kernels/_runtime.py). Only the driver's work is skipped:
+stub's target), the autotuner (every config compiled; each timed faster than the one before, so
+the last is chosen: not the default) and sgllie's own path to the compiled kernels
+(kernels/_runtime.py). Only the driver's work is skipped:
 no binary is loaded, and the launcher runs nothing: it records the launch's build, grid and arguments,
 or with ``record=False`` not even that. For the tests of that path and for the host-time benchmark
 (benchmarks/host_overhead.py); outputs stay uninitialised (set SGLLIE_CHECK_FINITE=0 when chaining
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +56,7 @@ class _StubDriver:
     def __init__(self, target: GPUTarget):
         self.utils = _Utils()
         self._target = target
+        self._timed = itertools.count(1)
 
     def is_active(self):
         return True
@@ -83,9 +86,9 @@ class _StubDriver:
         return launcher
 
     def get_benchmarker(self):
-        def bench(kernel_call, quantiles=None, **_):
+        def bench(kernel_call, quantiles=None, **_):  # each config timed faster than the one before
             kernel_call()
-            return [1.0] * len(quantiles or (0,))
+            return [1.0 / next(self._timed)] * len(quantiles or (0,))
         return bench
 
     def get_empty_cache_for_benchmark(self):

@@ -59,13 +59,29 @@ def _no_nan_checks(monkeypatch):
     monkeypatch.setenv("SGLLIE_CHECK_FINITE", "0")  # outputs of the stub's launches are uninitialised
 
 
-@pytest.mark.parametrize("width", [40, 37])  # a width that is a multiple of 16 or of nothing
-def test_compiled_kernel_path_launches_what_tritons_would(width):
-    x = torch.rand(2, 3, 24, width)
-    tritons = _launches(x, compiled_path=False)
-    ours = _launches(x, compiled_path=True)
-    assert len(tritons) >= 10
+def test_compiled_kernel_path_launches_what_tritons_would():
+    """Widths a multiple of 16 and of nothing (other builds, and autotuning keys). All of sgllie's
+    launches come first: a Triton-path run leaves its own kernels in the shortcut's cache."""
+    images = [torch.rand(2, 3, 24, width) for width in (48, 37)]
+    ours = [_launches(x, compiled_path=True) for x in images]
+    tritons = [_launches(x, compiled_path=False) for x in images]
+    assert min(map(len, tritons)) >= 10
     assert ours == tritons
+
+
+def test_forced_configs_launch_what_tritons_would():
+    """use_config (the GPU tests run every config so) launches the plain kernel with the config's
+    arguments: those launches take the shortcut too, per config, and never another config's build."""
+    x = torch.rand(2, 3, 24, 40)
+    ours, tritons = {}, {}
+    for index in (0, 1):  # ours first: a Triton-path run leaves its own kernels in the shortcut's cache
+        with _runtime.use_config(index):
+            ours[index] = _launches(x, compiled_path=True)
+    for index in (0, 1):
+        with _runtime.use_config(index):
+            tritons[index] = _launches(x, compiled_path=False)
+    assert ours == tritons
+    assert {launch[:2] for launch in tritons[0]} != {launch[:2] for launch in tritons[1]}
 
 
 def test_a_new_specialisation_goes_through_triton():
