@@ -13,8 +13,9 @@ really launches can be seen.
 - ``counting()`` counts the global-memory bytes each launch reads and writes (interpreter only).
 - Triton's own launch path (``Autotuner.run`` then ``JITFunction.run``) costs 15-30 us of Python a
   launch on a 2-core Xeon, as much as the rest of an op's host work together or more
-  (benchmarks/results/host_overhead.md, measured under kernels/_stub_driver.py). So a launch goes through it once per specialisation; the
-  kernel it compiled (and, autotuned, the config it chose) is kept, and later launches with the same
+  (benchmarks/results/host_overhead.md, measured under kernels/_stub_driver.py). So a launch goes
+  through it once per specialisation (Triton's own, plus the autotuner's key); the kernel it
+  compiled (and, autotuned, the config it chose) is kept, and later launches with the same
   specialisation go straight to it through ``CompiledKernel[grid]``, Triton's launcher for a compiled
   kernel (the same in Triton 3.3 to 3.9).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -183,19 +185,28 @@ def autotune(configs: list[triton.Config], key: list[str]):
     return decorate
 
 
-def _specialise(param, value) -> tuple[str, object]:
-    """(Triton type or "constexpr", value for a constant / "D" where divisible by 16): the JIT's own
-    specialisation of a launch argument (its native function, as in triton.runtime.jit)."""
+@functools.cache
+def _specialiser(specialise: bool, align: bool):
+    """Triton's own specialisation of a launch argument, as its JIT computes it at each launch, for a
+    parameter with these flags: value -> (Triton type or "constexpr", the value for a constant / "D"
+    where divisible by 16 / ""). Its native function where there is one (Triton >= 3.6)."""
     from triton.backends.compiler import BaseBackend  # noqa: PLC0415
     from triton.runtime import jit  # noqa: PLC0415
 
-    flags = (False, not param.do_not_specialize, not param.do_not_specialize_on_alignment)
     if hasattr(jit, "native_specialize_impl"):
-        return jit.native_specialize_impl(BaseBackend, value, *flags)
+        native = jit.native_specialize_impl
+        return lambda value: native(BaseBackend, value, False, specialise, align)
     rule = BaseBackend.get_arg_specialization
     if jit.create_specialize_impl.__code__.co_argcount == 0:  # Triton 3.3: the rule goes with each call
-        return jit.create_specialize_impl()(value, rule, *flags)
-    return jit.create_specialize_impl(rule)(value, *flags)  # Triton 3.4, 3.5
+        impl = jit.create_specialize_impl()
+        return lambda value: impl(value, rule, False, specialise, align)
+    impl = jit.create_specialize_impl(rule)  # Triton 3.4, 3.5
+    return lambda value: impl(value, False, specialise, align)
+
+
+def _specialise_as(param):
+    """value -> the JIT's specialisation of ``param``'s argument (_specialiser)."""
+    return _specialiser(not param.do_not_specialize, not param.do_not_specialize_on_alignment)
 
 
 def _record(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict, configs: list[triton.Config]) -> None:
@@ -205,8 +216,8 @@ def _record(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict, configs: 
         values = bound | config.kwargs
         signature, constexprs, aligned = [], [], []
         for param in fn.params:
-            kind, key = ("constexpr", values[param.name]) if param.is_constexpr else _specialise(
-                param, values[param.name])
+            kind, key = ("constexpr", values[param.name]) if param.is_constexpr else _specialise_as(param)(
+                values[param.name])
             signature.append((param.name, kind))
             if kind == "constexpr":
                 constexprs.append((param.name, key))
@@ -244,33 +255,24 @@ def launch(kernel, grid, *args, **kwargs) -> None:
 
 @dataclass(frozen=True)
 class _Params:
-    """A kernel's parameter names and defaults, and per parameter whether a launch is specialised on
-    its exact value (a constexpr, or a key of the autotuner's choice) or on its class (_arg_class)."""
+    """A kernel's parameter names and defaults, and per parameter what a launch is specialised on:
+    its exact value (a constexpr, or a key of the autotuner's choice), else what Triton's JIT
+    specialises it on (_specialiser)."""
     names: tuple[str, ...]
-    exact: tuple[bool, ...]
+    key_of: tuple  # per parameter: value -> what the launch's build depends on
     defaults: dict
 
     @staticmethod
     def of(kernel, fn) -> _Params:
-        keys = set(getattr(kernel, "keys", ()))
-        return _Params(tuple(fn.arg_names), tuple(p.is_constexpr or p.name in keys for p in fn.params),
+        tuning = set(getattr(kernel, "keys", ()))
+        return _Params(tuple(fn.arg_names),
+                       tuple(_same if p.is_constexpr or p.name in tuning else _specialise_as(p)
+                             for p in fn.params),
                        {p.name: p.default for p in fn.params if p.default is not inspect.Parameter.empty})
 
 
-_I32 = range(-2**31, 2**31)
-
-
-def _arg_class(value, exact: bool) -> object:
-    """What of an argument Triton's JIT specialises a build on, or finer: the value itself where
-    ``exact``, a tensor's dtype and 16-byte alignment, an integer's being 1, divisible by 16 and
-    32-bit, a float's type."""
-    if exact:
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.dtype, value.data_ptr() % 16 == 0
-    if type(value) is int:
-        return value == 1, value % 16 == 0, value in _I32
-    return float if type(value) is float else value
+def _same(value):
+    return value
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,7 @@ class _Compiled:
     tail: tuple        # ... their values in the kernel's order, after the positional ones
 
 
-# (kernel, device, keyword arguments, each positional argument's class) -> _Compiled
+# (kernel, device, keyword arguments, each positional argument's key) -> _Compiled
 _compiled: dict[tuple, _Compiled] = {}
 _params: dict[object, _Params] = {}
 
@@ -289,7 +291,7 @@ def _launch_compiled(kernel, tuned: bool, fn, grid, args: tuple, kwargs: dict) -
     """``kernel[grid](*args, **kwargs)``, through Triton's launch path only the first time for a
     specialisation (see the module's docstring)."""
     params = _params.get(kernel) or _params.setdefault(kernel, _Params.of(kernel, fn))
-    key = (kernel, _current_device(), *kwargs.items(), *map(_arg_class, args, params.exact))
+    key = (kernel, _current_device(), *kwargs.items(), *[k(a) for k, a in zip(params.key_of, args)])
     found = None if _through_triton.get() else _compiled.get(key)
     if found is None:
         compiled = kernel[grid](*args, **kwargs)

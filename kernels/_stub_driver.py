@@ -4,11 +4,10 @@ Inside ``stub_driver()`` the Triton backend takes CPU tensors and a launch goes 
 does: Triton's argument binding and specialisation, its compile cache (real cubins, built for the
 stub's target), the autotuner (every config compiled; each timed faster than the one before, so
 the last is chosen: not the default) and sgllie's own path to the compiled kernels
-(kernels/_runtime.py). Only the driver's work is skipped:
-no binary is loaded, and the launcher runs nothing: it records the launch's build, grid and arguments,
-or with ``record=False`` not even that. For the tests of that path and for the host-time benchmark
-(benchmarks/host_overhead.py); outputs stay uninitialised (set SGLLIE_CHECK_FINITE=0 when chaining
-ops).
+(kernels/_runtime.py). Only the driver's work is skipped: no binary is loaded, and the launcher
+runs nothing: it records the launch's build, grid and arguments, or with ``record=False`` not even
+that. For the tests of that path and for the host-time benchmark (benchmarks/host_overhead.py);
+outputs stay uninitialised (set SGLLIE_CHECK_FINITE=0 when chaining ops).
 """
 from __future__ import annotations
 
