@@ -99,26 +99,36 @@ _MODEL_LAYERS_4K = ((3, 0, 32, "relu", 1), (32, 0, 32, "relu", 3), (32, 32, 32, 
 
 def forward_configs_4k(dtype=torch.float16, bench=do_bench_cudagraph, size=(180, 320)) -> None:
     """Each forward config of dsconv2d forced in turn on the 4K model's layers: what every config
-    costs there, not only the autotuner's pick (its timings of the others are not kept)."""
+    costs there, not only the autotuner's pick (its timings of the others are not kept). Each layer
+    twice: NCHW, and channels-last as the model's inference runs it (the image and r NCHW)."""
     tuned, _ = forward_kernel(dtype)
     print(f"\n| 4K layer, {str(dtype)[6:]}, us (x count) | " + " | ".join(
         f"config {k}: {c.kwargs['BLOCK_H']}x{c.kwargs['BLOCK_W']}, {c.num_warps} warps, taps {c.kwargs['TAPS']}"
         for k, c in enumerate(tuned.configs))
         + " |\n|---|" + "---:|" * len(tuned.configs))
-    totals = [0.0] * len(tuned.configs)
+    totals = {layout: [0.0] * len(tuned.configs) for layout in ("NCHW", "channels-last")}
     for c1, c2, o, activation, count in _MODEL_LAYERS_4K:
         c = c1 + c2
         x, x2 = _rand(1, c1, *size, dtype=dtype), (_rand(1, c2, *size, dtype=dtype) if c2 else None)
         params = [_rand(*shape, lo=-1, dtype=dtype) for shape in ((c, 1, 3, 3), (c,), (o, c, 1, 1), (o,))]
-        row = []
-        for k in range(len(tuned.configs)):
-            with use_config(k):
-                call = functools.partial(K.dsconv2d, x, *params, x2=x2, activation=activation)
-                call()
-                row.append(bench(call, rep=50, return_mode="median") * 1e3)
-            totals[k] += count * row[-1]
-        print(f"| {c1}+{c2}->{o} (x{count}) | " + " | ".join(f"{t:.1f}" for t in row) + " |", flush=True)
-    print("| all seven | " + " | ".join(f"{t:.0f}" for t in totals) + " |")
+        for layout in totals:
+            out_format = torch.contiguous_format
+            if layout == "channels-last":
+                last = lambda t: t if t is None or c1 == 3 else t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+                x, x2 = last(x), last(x2)
+                out_format = torch.contiguous_format if o == 3 else torch.channels_last
+            row = []
+            for k in range(len(tuned.configs)):
+                with use_config(k):
+                    call = functools.partial(K.dsconv2d, x, *params, x2=x2, activation=activation,
+                                             memory_format=out_format)
+                    call()
+                    row.append(bench(call, rep=50, return_mode="median") * 1e3)
+                totals[layout][k] += count * row[-1]
+            print(f"| {c1}+{c2}->{o} (x{count}) {layout} | " + " | ".join(f"{t:.1f}" for t in row) + " |",
+                  flush=True)
+    for layout, row in totals.items():
+        print(f"| all seven, {layout} | " + " | ".join(f"{t:.0f}" for t in row) + " |")
 
 
 def _latency_us(call, rounds: int = 30) -> tuple[float, float]:

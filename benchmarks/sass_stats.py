@@ -26,13 +26,15 @@ _BACK_BRANCH = re.compile(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)")
 
 
 def _drive() -> None:
-    """The launches to read: a 32 -> 32 relu layer forward and backward, and the 4K float16 curve."""
+    """The launches to read: a 32 -> 32 relu layer forward (NCHW and channels-last) and backward, and
+    the 4K float16 curve."""
     import sgllie.kernels as K  # noqa: PLC0415
 
     x = torch.rand(8, 32, 64, 64)
     p = [torch.rand(32, 1, 3, 3), torch.rand(32), torch.rand(32, 32, 1, 1), torch.rand(32)]
     y = K.dsconv2d(x, *p, activation="relu")
     K.dsconv2d_backward(y, x, *p, activation="relu", out=y)
+    K.dsconv2d(x.contiguous(memory_format=torch.channels_last), *p, activation="relu")
     K.le_curve(torch.rand(1, 3, 2160, 3840, dtype=torch.float16),
                torch.rand(1, 3, 180, 320, dtype=torch.float16), 8)
 

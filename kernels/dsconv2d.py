@@ -177,59 +177,65 @@ def _channels(c0, C, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
 
 
 @triton.jit
-def _chunk(ptr, n, C, c0, H, W, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
-    """Channels [c0, c0 + CHUNK) of image n of an (N, C, H, W) tensor: plane pointers, channel
-    numbers, their mask (1-D)."""
+def _chunk(ptr, n, C, c0, H, W, CHUNK: tl.constexpr, WHOLE: tl.constexpr, LAST: tl.constexpr = False):
+    """Channels [c0, c0 + CHUNK) of image n of an (N, C, H, W) tensor, laid out NCHW or (LAST)
+    channels-last: pointers to each channel's first pixel, channel numbers, their mask (1-D), and the
+    step from one pixel to the next (1, or C channels-last)."""
     ch, cmask = _channels(c0, C, CHUNK, WHOLE)
-    return ptr + (n * C + ch).to(tl.int64) * H * W, ch, cmask
+    if LAST:
+        return ptr + n.to(tl.int64) * H * W * C + ch, ch, cmask, C
+    return ptr + (n * C + ch).to(tl.int64) * H * W, ch, cmask, 1
 
 
 @triton.jit
-def _outputs(n, O, oo, omask, rows, cols, H, W):
-    """Offsets and mask of a tile's outputs in an (N, O, H, W) tensor: [pixels, outputs]."""
-    return (((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None],
-            ((rows < H) & (cols < W))[:, None] & omask[None, :])
+def _outputs(n, O, oo, omask, rows, cols, H, W, LAST: tl.constexpr = False):
+    """Offsets and mask of a tile's outputs in an (N, O, H, W) tensor, NCHW or (LAST) channels-last:
+    [pixels, outputs]."""
+    mask = ((rows < H) & (cols < W))[:, None] & omask[None, :]
+    if LAST:
+        return (n.to(tl.int64) * H * W * O + (rows * W + cols) * O)[:, None] + oo[None, :], mask
+    return ((n * O + oo).to(tl.int64) * H * W)[None, :] + (rows * W + cols)[:, None], mask
 
 
 # The helpers below take channel-indexed tensors (planes, ch, cmask) along one axis and pixel-indexed
 # ones (rows, cols) along the other: [pixels, channels] or [channels, pixels], whichever the caller's
 # tl.dot wants, so that no tile is ever transposed in registers.
 @triton.jit
-def _shifted(at, cmask, rows, cols, dy, dx, H, W, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
+def _shifted(at, cmask, rows, cols, dy, dx, H, W, EDGE: tl.constexpr, COMPUTE: tl.constexpr, step=1):
     """x[c, rows + dy, cols + dx] for pointers ``at`` to x[c, rows, cols], zero outside the image (the
     padding), which only EDGE tiles reach: elsewhere no mask but the channels' (None: no channels;
     none either for whole chunks). The pointers move by a row (a scalar) and a column (an offset in
-    the load instruction)."""
+    the load instruction); ``step``: elements from one pixel to the next."""
     if EDGE:
         r, c = rows + dy, cols + dx
         cmask = (r >= 0 if cmask is None else cmask & (r >= 0)) & (r < H) & (c >= 0) & (c < W)
     if cmask is None:
-        x = tl.load(at + dy * W + dx)
+        x = tl.load(at + dy * W * step + dx * step)
     else:
-        x = tl.load(at + dy * W + dx, mask=cmask, other=0.0)
+        x = tl.load(at + dy * W * step + dx * step, mask=cmask, other=0.0)
     return x.to(COMPUTE)
 
 
 @triton.jit
-def _add_tap(z, t, at, ch, cmask, rows, cols, H, W, dww_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
+def _add_tap(z, t, at, step, ch, cmask, rows, cols, H, W, dww_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
     """z + tap t (0..8, row-major) of the 3x3 depthwise."""
     w = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)
-    return z + w * _shifted(at, cmask, rows, cols, t // 3 - 1, t % 3 - 1, H, W, EDGE, COMPUTE)
+    return z + w * _shifted(at, cmask, rows, cols, t // 3 - 1, t % 3 - 1, H, W, EDGE, COMPUTE, step)
 
 
 @triton.jit
-def _depthwise(planes, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr,
-               TAPS: tl.constexpr):
+def _depthwise(planes, step, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, EDGE: tl.constexpr,
+               COMPUTE: tl.constexpr, TAPS: tl.constexpr):
     """z = bias + 3x3 depthwise (zero in masked channels); the weight pointers start at the input's
     first channel."""
     z = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE) + tl.zeros_like(rows + cols).to(COMPUTE)
-    at = planes + (rows * W + cols)
+    at = planes + (rows * W + cols) * step
     if TAPS == "unrolled":
         for t in tl.static_range(9):
-            z = _add_tap(z, t, at, ch, cmask, rows, cols, H, W, dww_ptr, EDGE, COMPUTE)
+            z = _add_tap(z, t, at, step, ch, cmask, rows, cols, H, W, dww_ptr, EDGE, COMPUTE)
     else:
         for t in range(9):  # unrolled by the compiler in some builds (see the module's docstring)
-            z = _add_tap(z, t, at, ch, cmask, rows, cols, H, W, dww_ptr, EDGE, COMPUTE)
+            z = _add_tap(z, t, at, step, ch, cmask, rows, cols, H, W, dww_ptr, EDGE, COMPUTE)
     return z
 
 
@@ -241,7 +247,7 @@ def _weights(pww_ptr, C, cw, cmask, oo, omask, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _add_tap_products(acc, planes, ch, cmask, rows, cols, H, W, w, dww_ptr, dwb_ptr, EDGE: tl.constexpr,
+def _add_tap_products(acc, planes, step, ch, cmask, rows, cols, H, W, w, dww_ptr, dwb_ptr, EDGE: tl.constexpr,
                       COMPUTE: tl.constexpr):
     """acc + the pointwise conv of the depthwise conv of a chunk, as tensor-core products: each tap's
     shifted input [pixels, channels], as read (float16: exact operands), times the tap's weights
@@ -249,10 +255,10 @@ def _add_tap_products(acc, planes, ch, cmask, rows, cols, H, W, w, dww_ptr, dwb_
     accumulated in float32; then the depthwise bias through the pointwise (dwb pw). z is never
     formed. One float16 part alone kept 11 bits, as PyTorch's float16 conv keeps of z: enough for
     the output, not for its ReLU mask, which then disagreed with the exact one on ~1% of pixels."""
-    at = planes[None, :] + (rows * W + cols)[:, None]
+    at = planes[None, :] + ((rows * W + cols) * step)[:, None]
     for t in tl.static_range(9):
         x = _shifted(at, cmask[None, :], rows[:, None], cols[:, None], t // 3 - 1, t % 3 - 1, H, W, EDGE,
-                     planes.dtype.element_ty)
+                     planes.dtype.element_ty, step)
         tap = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)[:, None] * w
         high = tap.to(x.dtype)
         acc = tl.dot(x, (tap - high.to(COMPUTE)).to(x.dtype), acc)
@@ -264,17 +270,17 @@ def _add_tap_products(acc, planes, ch, cmask, rows, cols, H, W, w, dww_ptr, dwb_
 @triton.jit
 def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
                    EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
-                   TAPS: tl.constexpr):
+                   TAPS: tl.constexpr, LAST: tl.constexpr):
     """acc + the pointwise conv of one input's z, [pixels, outputs]; its Ci channels are channels
     first.. of [x, x2]."""
     for c0 in range(0, Ci, CHUNK):
-        planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE)
+        planes, ch, cmask, step = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE, LAST)
         if TAPS == "products":
             w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
-            acc = _add_tap_products(acc, planes, ch, cmask, rows, cols, H, W, w, dww_ptr + first * 9,
+            acc = _add_tap_products(acc, planes, step, ch, cmask, rows, cols, H, W, w, dww_ptr + first * 9,
                                     dwb_ptr + first, EDGE, COMPUTE)
         else:
-            z = _depthwise(planes[None, :], ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
+            z = _depthwise(planes[None, :], step, ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
                            dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE, TAPS)
             w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
             acc = _dot(z, w, acc, COMPUTE)
@@ -284,13 +290,13 @@ def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr
 @triton.jit
 def _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
                     EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, TAPS: tl.constexpr):
+                    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, TAPS: tl.constexpr, LAST: tl.constexpr):
     """The conv's output before its activation, [pixels, outputs]."""
     pre = tl.load(pwb_ptr + oo, mask=omask, other=0.0).to(COMPUTE)[None, :] + tl.zeros([BLOCK_P, BLOCK_O], COMPUTE)
     pre = _add_pointwise(pre, x_ptr, n, C1, 0, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                         EDGE, COMPUTE, CHUNK, WHOLE, TAPS)
+                         EDGE, COMPUTE, CHUNK, WHOLE, TAPS, LAST)
     return _add_pointwise(pre, x2_ptr, n, C2, C1, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                          EDGE, COMPUTE, CHUNK, WHOLE, TAPS)
+                          EDGE, COMPUTE, CHUNK, WHOLE, TAPS, LAST)
 
 
 @triton.jit
@@ -308,21 +314,24 @@ def _tanh(a):
 @triton.jit
 def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, C1, C2, O,
                 ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
-                BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TAPS: tl.constexpr):
+                BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TAPS: tl.constexpr,
+                X_LAST: tl.constexpr, Y_LAST: tl.constexpr):
+    """y = activation(pointwise(depthwise([x, x2]))); x and x2 NCHW or (X_LAST) channels-last, y
+    likewise (Y_LAST)."""
     n = tl.program_id(1)
     rows, cols, interior = _tile(tl.program_id(0), H, W, BLOCK_H, BLOCK_W)
     oo, omask = _channels(0, O, BLOCK_O, WHOLE)
     if interior:
         y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo,
-                            omask, False, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, TAPS)
+                            omask, False, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, TAPS, X_LAST)
     else:
         y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo,
-                            omask, True, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, TAPS)
+                            omask, True, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, TAPS, X_LAST)
     if ACTIVATION == "relu":
         y = tl.where(y < 0, 0.0, y)  # NaN stays NaN, as F.relu
     elif ACTIVATION == "tanh":
         y = _tanh(y)
-    offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W)
+    offs, mask = _outputs(n, O, oo, omask, rows, cols, H, W, Y_LAST)
     tl.store(y_ptr + offs, y, mask=mask)
 
 
@@ -408,7 +417,7 @@ def _params_input(ptr, g_ptr, y_ptr, n, Ci, first, C, O, H, W, dww_ptr, dwb_ptr,
     the run's end (a reduction per tile would cost more than the products). dL/d(pointwise weights)
     as gm^T z: [outputs, channels], as the row stores it."""
     for c0 in range(0, Ci, CHUNK):
-        planes, ch, cmask = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE)
+        planes, ch, cmask, _ = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE)
         cw = first + ch
         gz_planes = gz_ptr + (n * C + cw).to(tl.int64) * H * W
         # per lane: gz * x shifted by each tap (the depthwise weights'), then gz (the bias's)
@@ -521,18 +530,18 @@ def _block(c: int) -> int:
     return max(16, next_power_of_2(c))
 
 
-def _prepare(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation):
-    """Contiguous tensors, x2 (x standing in when absent: never read), C2, O, the activation and the
-    compute type (constexpr)."""
+def _prepare(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, layout=torch.contiguous_format):
+    """Contiguous tensors (x and x2 in ``layout``), x2 (x standing in when absent: never read), C2, O,
+    the activation and the compute type (constexpr)."""
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise TypeError(f"sgllie.kernels.dsconv2d: float32/float16/bfloat16/float64 tensors, got {x.dtype}")
     activation = activation or "none"
     if activation not in ("none", "relu", "tanh"):
         raise ValueError(f"sgllie.kernels.dsconv2d: activation 'none', 'relu' or 'tanh', got {activation!r}")
-    x, dw_weight, dw_bias, pw_weight, pw_bias = (t.contiguous() for t in (x, dw_weight, dw_bias, pw_weight,
-                                                                          pw_bias))
+    dw_weight, dw_bias, pw_weight, pw_bias = (t.contiguous() for t in (dw_weight, dw_bias, pw_weight, pw_bias))
+    x = x.contiguous(memory_format=layout)
     c2 = 0 if x2 is None else x2.shape[1]
-    x2 = x if x2 is None else x2.contiguous()
+    x2 = x if x2 is None else x2.contiguous(memory_format=layout)
     o = pw_weight.shape[0]
     compute = tl.float64 if x.dtype == torch.float64 else tl.float32
     return x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, compute
@@ -549,19 +558,36 @@ def forward_kernel(dtype: torch.dtype) -> tuple[triton.runtime.Autotuner, int]:
     return _FWD_KERNELS.get(dtype, _FWD_KERNELS[None]), _PRODUCTS_CHUNK if dtype == torch.float16 else _CHUNK
 
 
-def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw_weight: torch.Tensor,
-             pw_bias: torch.Tensor, x2: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
-    if x.dtype == torch.float64 and not _FLOAT64_DOT:
-        return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
-    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, compute = _prepare(
-        x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation)
+def _fits_channels_last(x, x2, o) -> bool:
+    """Whether the kernels' int32 offsets within an image reach all of it channels-last. (float64
+    stays NCHW: a channels-last build of its 128-pixel tiles spills on sm_90.)"""
     n, c1, H, W = x.shape
-    y = x.new_empty(n, o, H, W)
+    return H * W * max(c1, 0 if x2 is None else x2.shape[1], o) < 2**31
+
+
+def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw_weight: torch.Tensor,
+             pw_bias: torch.Tensor, x2: torch.Tensor | None = None, activation: str = "none",
+             memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
+    """y laid out as ``memory_format`` says (preserve_format: as x). Channels-last x and x2 are read
+    in place: the 3x3 taps of a pixel's channels are then contiguous loads."""
+    if x.dtype == torch.float64 and not _FLOAT64_DOT:
+        return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation, memory_format)
+    fits = x.dtype != torch.float64 and _fits_channels_last(x, x2, pw_weight.shape[0])
+    x_last = fits and reference.is_channels_last(x)
+    if memory_format == torch.preserve_format:
+        memory_format = torch.channels_last if reference.is_channels_last(x) else torch.contiguous_format
+    y_last = fits and memory_format == torch.channels_last
+    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, compute = _prepare(
+        x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation,
+        torch.channels_last if x_last else torch.contiguous_format)
+    n, c1, H, W = x.shape
+    y = torch.empty((n, o, H, W), dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last if y_last else torch.contiguous_format)
     kernel, chunk = forward_kernel(x.dtype)
     grid = lambda meta: (cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
     launch(kernel, grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o, ACTIVATION=activation,
-           COMPUTE=compute, BLOCK_O=_block(o), **_chunks(c1, c2, o, chunk))
-    return y
+           COMPUTE=compute, BLOCK_O=_block(o), X_LAST=x_last, Y_LAST=y_last, **_chunks(c1, c2, o, chunk))
+    return reference.laid_out(y, memory_format)  # (a copy only for images too large to index channels-last)
 
 
 def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor,

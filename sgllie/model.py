@@ -26,9 +26,10 @@ class DSC(nn.Module):
         self.depth_conv = nn.Conv2d(cin, cin, 3, padding=1, groups=cin)
         self.point_conv = nn.Conv2d(cin, cout, 1)
 
-    def forward(self, x: Tensor, x2: Tensor | None = None, activation: str | None = None) -> Tensor:
+    def forward(self, x: Tensor, x2: Tensor | None = None, activation: str | None = None,
+                memory_format: torch.memory_format = torch.preserve_format) -> Tensor:
         return ops.dsconv2d(x, self.depth_conv.weight, self.depth_conv.bias, self.point_conv.weight,
-                            self.point_conv.bias, x2=x2, activation=activation)
+                            self.point_conv.bias, x2=x2, activation=activation, memory_format=memory_format)
 
 
 class TC(nn.Module):
@@ -38,9 +39,10 @@ class TC(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, padding=1)
 
-    def forward(self, x: Tensor, x2: Tensor | None = None, activation: str | None = None) -> Tensor:
+    def forward(self, x: Tensor, x2: Tensor | None = None, activation: str | None = None,
+                memory_format: torch.memory_format = torch.preserve_format) -> Tensor:
         y = self.conv(x if x2 is None else torch.cat([x, x2], 1))
-        return ops.reference.activate(y, activation or "none")
+        return ops.reference.laid_out(ops.reference.activate(y, activation or "none"), memory_format)
 
 
 BLOCKS = {"dsc": DSC, "tc": TC}
@@ -81,14 +83,25 @@ class EnhanceNet(nn.Module):
         return x if s == 1 else F.interpolate(x, scale_factor=1 / s, mode="bilinear")
 
     def factor_network(self, x_down: Tensor) -> Tensor:
-        """The seven blocks: the factor map r of an image at the working resolution."""
-        x1 = self.e_conv1(x_down, activation="relu")
+        """The seven blocks: the factor map r (NCHW) of an image at the working resolution.
+
+        Where dsconv2d's backend reads channels-last activations in place (the Triton kernels) and
+        no autograd graph is recorded, the activations between the blocks are channels-last: a
+        pixel's channels are then contiguous, and the kernels run ~20-50% fewer instructions
+        (counted in their sm_90 builds). The first block writes them so from the NCHW image, the
+        last reads them, so no copy is made. Training keeps NCHW, which the backward kernels read.
+        """
+        inside = torch.contiguous_format
+        if (self.conv_type == "dsc" and ops.reads_channels_last(x_down)
+                and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
+            inside = torch.channels_last
+        x1 = self.e_conv1(x_down, activation="relu", memory_format=inside)
         x2 = self.e_conv2(x1, activation="relu")
         x3 = self.e_conv3(x2, activation="relu")
         x4 = self.e_conv4(x3, activation="relu")
         x5 = self.e_conv5(x3, x4, activation="relu")
         x6 = self.e_conv6(x2, x5, activation="relu")
-        return self.e_conv7(x1, x6, activation="tanh")  # tanh fused into the last block
+        return self.e_conv7(x1, x6, activation="tanh", memory_format=torch.contiguous_format)  # tanh fused in
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h, w = self.check_input(x)

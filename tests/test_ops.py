@@ -150,10 +150,16 @@ def test_opcheck(backend):
     x, x2 = case.pop("x").requires_grad_(), case.pop("x2").requires_grad_()
     p = [t.requires_grad_() for t in case.values()]
     y, i = rand(2, 3, 17, 19, grad=True, device=dev), rand(2, 3, 17, 19, device=dev)
+    last = lambda t: t.detach().contiguous(memory_format=torch.channels_last).requires_grad_()  # noqa: E731
     samples = [
-        (lib.dsconv2d, (x, x2, *p, "relu", backend)),
+        (lib.dsconv2d, (x, x2, *p, "relu", False, backend)),
         (lib.dsconv2d, (x, None, *[rand(5, 1, 3, 3, lo=-1, grad=True, device=dev), rand(5, grad=True, device=dev),
-                                   rand(4, 5, 1, 1, grad=True, device=dev), rand(4, grad=True, device=dev)], "tanh", backend)),
+                                   rand(4, 5, 1, 1, grad=True, device=dev), rand(4, grad=True, device=dev)], "tanh",
+                        False, backend)),
+        # layouts: results (and gradients) laid out as the shape functions say
+        (lib.dsconv2d, (last(x), last(x2), *p, "relu", True, backend)),
+        (lib.dsconv2d, (last(x), x2, *p, "none", False, backend)),
+        (lib.dsconv2d, (x, x2, *p, "tanh", True, backend)),
         (lib.le_curve, (rand(2, 3, 9, 11, grad=True, device=dev), rand(2, 3, 2, 3, lo=-1, grad=True, device=dev), 8, backend)),
         (lib.spatial_consistency_loss, (y, i, 4, backend)),
         (lib.exposure_loss, (y, 0.6, 16, backend)),

@@ -18,7 +18,7 @@ import sgllie
 import sgllie.ops as ops
 from sgllie.ops import reference
 from conftest import triton_device
-from op_cases import HALF, OPS, assert_close, outputs_and_grads, rand, truth
+from op_cases import HALF, OPS, Truth, assert_close, outputs_and_grads, rand, truth
 from op_cases import cases as _all_cases
 from sgllie.kernels.dsconv2d import _dot
 
@@ -91,6 +91,54 @@ def test_dsconv2d_interior_and_edge_tiles(dtype):
     for k in _config_indices(dtype):
         with use_config(k):
             assert_close(outputs_and_grads(fused, [x, x2, *params]), want, dtype, f"dsconv2d config {k}")
+
+
+def _dsconv2d_layout_case(device, dtype, h, w):
+    x, x2 = (rand(device, dtype, 2, 16, h, w) for _ in range(2))
+    params = [(rand(device, torch.float32, *s, lo=-1) / 4).to(dtype)
+              for s in ((32, 1, 3, 3), (32,), (32, 32, 1, 1), (32,))]
+    return x, x2, params
+
+
+_LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF], ids=str)
+@pytest.mark.parametrize("out_format", [torch.preserve_format, *_LAYOUTS.values()], ids=str)
+@pytest.mark.parametrize("layout", _LAYOUTS)
+def test_dsconv2d_layouts(layout, out_format, dtype):
+    """x and x2 read in either layout and y written in either (the kernel's own indexing: no
+    copies), forward and backward (the backward kernels read NCHW; the gradients come back laid out
+    as the inputs), against the reference; interior and edge tiles of the first config."""
+    device = triton_device()
+    x, x2, params = _dsconv2d_layout_case(device, dtype, 21, 37)
+    x, x2 = (t.contiguous(memory_format=_LAYOUTS[layout]) for t in (x, x2))
+    fused = lambda a, b, *p: ops.dsconv2d(a, *p, x2=b, activation="relu", memory_format=out_format,  # noqa: E731
+                                          backend="triton")
+    ref = lambda a, b, *p: reference.dsconv2d(a, *p, x2=b, activation="relu")  # noqa: E731
+    got = outputs_and_grads(fused, [x, x2, *params])
+    assert_close(got, truth(ref, [x, x2, *params]), dtype, f"dsconv2d {layout} -> {out_format}")
+    y = fused(x, x2, *params)
+    want_last = out_format == torch.channels_last or (out_format == torch.preserve_format and layout != "nchw")
+    assert reference.is_channels_last(y) == want_last and (want_last or y.is_contiguous())
+    assert got[1].stride() == x.stride() and got[2].stride() == x2.stride()  # gradients as the inputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_dsconv2d_channels_last_every_config(dtype):
+    """Channels-last in and out, every forward config of ``dtype`` (float16: the tap products too),
+    on an image where each has interior tiles (no masks) and edge ones."""
+    from sgllie.kernels._runtime import use_config
+    from sgllie.kernels.dsconv2d import forward_kernel
+    device = triton_device()
+    x, x2, params = _dsconv2d_layout_case(device, dtype, 35, 35)
+    x, x2 = (t.contiguous(memory_format=torch.channels_last) for t in (x, x2))
+    want = reference.dsconv2d(x.double(), *(p.double() for p in params), x2=x2.double(), activation="relu")
+    for k in range(len(forward_kernel(dtype)[0].configs)):
+        with use_config(k):
+            y = ops.dsconv2d(x, *params, x2=x2, activation="relu", backend="triton")
+        assert reference.is_channels_last(y)
+        assert_close([y], [Truth(want.to(dtype), 0.0)], dtype, f"dsconv2d channels-last config {k}")
 
 
 @triton.jit

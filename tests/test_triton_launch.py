@@ -31,7 +31,8 @@ def _summary(launch) -> tuple:
 
 
 def _training_ops(x: torch.Tensor) -> None:
-    """Every op forward and backward, the model's layers and the losses, on ``x`` (N, 3, H, W)."""
+    """Every op forward and backward, the model's layers (NCHW and channels-last) and the losses, on
+    ``x`` (N, 3, H, W)."""
     torch.manual_seed(0)
     n, _, h, w = x.shape
     r = (torch.rand(n, 3, h // 2 + 1, w // 2 + 1) * 2 - 1).requires_grad_()
@@ -43,6 +44,8 @@ def _training_ops(x: torch.Tensor) -> None:
         z = ops.dsconv2d(a, *p, x2=a, activation="relu")
         loss = sum(ops.zero_reference_loss(y, x)) + ops.tv_loss(r) + z.mean()
         loss.backward()
+        with torch.no_grad():  # inference's channels-last layers: builds of their own
+            ops.dsconv2d(a.contiguous(memory_format=torch.channels_last), *p, x2=a, activation="relu")
 
 
 def _launches(x: torch.Tensor, compiled_path: bool) -> list:

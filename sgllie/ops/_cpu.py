@@ -50,11 +50,15 @@ def zero_reference_loss_backward(g_spa, g_exp, g_col, pooled_grads, y, need_grad
     return gy, gi if need_grad_i else None
 
 
-def dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none"):
+def dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none",
+             memory_format=torch.preserve_format):
     if x.dtype not in _DTYPES:
-        return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
+        return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation, memory_format)
+    # the kernel reads and writes NCHW (a channels-last x is copied)
     y = _K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, int(activation == "relu"))
-    return y.tanh_() if activation == "tanh" else y  # tanh: SGZ's 3-channel last block, a cheap pass
+    if activation == "tanh":  # SGZ's 3-channel last block: a cheap pass
+        y = y.tanh_()
+    return reference.laid_out(y, memory_format)
 
 
 def dsconv2d_backward(grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none", out=None):

@@ -58,10 +58,13 @@ class CudaKernels:
                                                       exposure_patch)
         return gy, gi if need_grad_i else None
 
-    def dsconv2d(self, x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none"):
+    def dsconv2d(self, x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none",
+                 memory_format=torch.preserve_format):
         if dw_weight.shape[0] > MAX_DSCONV_CHANNELS:
-            return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
-        return self._K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, _ACTIVATIONS[activation])
+            return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation, memory_format)
+        # the kernel reads and writes NCHW (a channels-last x is copied)
+        y = self._K.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, _ACTIVATIONS[activation])
+        return reference.laid_out(y, memory_format)
 
     def dsconv2d_backward(self, grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2=None, activation="none",
                           out=None):

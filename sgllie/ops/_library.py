@@ -68,13 +68,19 @@ def _scalar(t: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- dsconv2d
 @_op
 def dsconv2d(x: Tensor, x2: Tensor | None, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor,
-             pw_bias: Tensor, activation: str, backend: str) -> Tensor:
-    return kernels(backend).dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation)
+             pw_bias: Tensor, activation: str, channels_last: bool, backend: str) -> Tensor:
+    return kernels(backend).dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation,
+                                     _layout(channels_last))
+
+
+def _layout(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 @_fake(dsconv2d)
-def _(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, backend):
-    return x.new_empty(x.shape[0], pw_weight.shape[0], x.shape[2], x.shape[3])
+def _(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, channels_last, backend):
+    return torch.empty((x.shape[0], pw_weight.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
+                       memory_format=_layout(channels_last))
 
 
 @_op
@@ -83,7 +89,12 @@ def dsconv2d_backward(grad: Tensor, x: Tensor, x2: Tensor | None, dw_weight: Ten
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     gx, gx2, *gparams = kernels(backend).dsconv2d_backward(
         grad, x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation, out)
-    return (gx, x.new_empty(_EMPTY) if gx2 is None else gx2, *gparams)
+    # laid out as the inputs, as the shape function says (the kernels may work in NCHW)
+    return (_strided_as(gx, x), x.new_empty(_EMPTY) if gx2 is None else _strided_as(gx2, x2), *gparams)
+
+
+def _strided_as(t: Tensor, like: Tensor) -> Tensor:
+    return t if t.stride() == like.stride() else torch.empty_like(like).copy_(t)
 
 
 @_fake(dsconv2d_backward)
@@ -94,7 +105,7 @@ def _(grad, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, out, activation, back
 
 
 def _dsconv2d_setup(ctx, inputs, output):
-    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, ctx.activation, ctx.backend = inputs
+    x, x2, dw_weight, dw_bias, pw_weight, pw_bias, ctx.activation, _, ctx.backend = inputs
     # the output, for the activation's gradient: no extra memory, it is the next layer's saved input
     out = None if ctx.activation == "none" else output
     ctx.save_for_backward(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, out)
@@ -103,7 +114,7 @@ def _dsconv2d_setup(ctx, inputs, output):
 def _dsconv2d_grad(ctx, grad):
     x, x2, *params, out = ctx.saved_tensors
     gx, gx2, *gparams = dsconv2d_backward(grad, x, x2, *params, out, ctx.activation, ctx.backend)
-    return gx, (None if x2 is None else gx2), *gparams, None, None
+    return gx, (None if x2 is None else gx2), *gparams, None, None, None
 
 
 _autograd(dsconv2d, _dsconv2d_grad, _dsconv2d_setup)

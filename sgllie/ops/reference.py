@@ -24,13 +24,26 @@ ACTIVATIONS = ("none", "relu", "tanh")  # dsconv2d's output activations (tanh: S
 
 
 def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, pw_bias: Tensor,
-             x2: Tensor | None = None, activation: str = "none") -> Tensor:
+             x2: Tensor | None = None, activation: str = "none",
+             memory_format: torch.memory_format = torch.preserve_format) -> Tensor:
     """Depthwise 3x3 (padding 1) then pointwise 1x1, both with bias, then ``activation``;
-    input cat([x, x2]) if x2."""
+    input cat([x, x2]) if x2; the result laid out as ``memory_format`` (preserve: as PyTorch's
+    convolutions leave it)."""
     if x2 is not None:
         x = torch.cat([x, x2], 1)
     z = F.conv2d(x, dw_weight, dw_bias, padding=1, groups=x.shape[1])
-    return activate(_pointwise(z, pw_weight, pw_bias), activation)
+    return laid_out(activate(_pointwise(z, pw_weight, pw_bias), activation), memory_format)
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """Whether t is laid out channels-last and not NCHW as well (a tensor with one channel, or one
+    pixel, is both)."""
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def laid_out(t: Tensor, memory_format: torch.memory_format) -> Tensor:
+    """t in ``memory_format`` (a copy only where it is laid out otherwise); preserve_format: t."""
+    return t if memory_format == torch.preserve_format else t.contiguous(memory_format=memory_format)
 
 
 def activate(y: Tensor, activation: str) -> Tensor:
