@@ -558,11 +558,11 @@ def forward_kernel(dtype: torch.dtype) -> tuple[triton.runtime.Autotuner, int]:
     return _FWD_KERNELS.get(dtype, _FWD_KERNELS[None]), _PRODUCTS_CHUNK if dtype == torch.float16 else _CHUNK
 
 
-def _fits_channels_last(x, x2, o) -> bool:
-    """Whether the kernels' int32 offsets within an image reach all of it channels-last. (float64
-    stays NCHW: a channels-last build of its 128-pixel tiles spills on sm_90.)"""
+def _indexes_channels_last(x, x2, o) -> bool:
+    """Whether the forward may lay these tensors out channels-last: not in float64 (a channels-last
+    build of its 128-pixel tiles spills on sm_90), and where int32 offsets reach a whole image."""
     n, c1, H, W = x.shape
-    return H * W * max(c1, 0 if x2 is None else x2.shape[1], o) < 2**31
+    return x.dtype != torch.float64 and H * W * max(c1, 0 if x2 is None else x2.shape[1], o) < 2**31
 
 
 def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw_weight: torch.Tensor,
@@ -572,11 +572,12 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
     in place: the 3x3 taps of a pixel's channels are then contiguous loads."""
     if x.dtype == torch.float64 and not _FLOAT64_DOT:
         return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation, memory_format)
-    fits = x.dtype != torch.float64 and _fits_channels_last(x, x2, pw_weight.shape[0])
-    x_last = fits and reference.is_channels_last(x)
+    x_last = reference.is_channels_last(x)
     if memory_format == torch.preserve_format:
-        memory_format = torch.channels_last if reference.is_channels_last(x) else torch.contiguous_format
-    y_last = fits and memory_format == torch.channels_last
+        memory_format = torch.channels_last if x_last else torch.contiguous_format
+    y_last = memory_format == torch.channels_last
+    if (x_last or y_last) and not _indexes_channels_last(x, x2, pw_weight.shape[0]):
+        x_last = y_last = False  # NCHW, and y copied at the end
     x, x2, dw_weight, dw_bias, pw_weight, pw_bias, c2, o, activation, compute = _prepare(
         x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation,
         torch.channels_last if x_last else torch.contiguous_format)
@@ -587,7 +588,9 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
     grid = lambda meta: (cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
     launch(kernel, grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o, ACTIVATION=activation,
            COMPUTE=compute, BLOCK_O=_block(o), X_LAST=x_last, Y_LAST=y_last, **_chunks(c1, c2, o, chunk))
-    return reference.laid_out(y, memory_format)  # (a copy only for images too large to index channels-last)
+    if y_last != (memory_format == torch.channels_last):  # float64, or too large an image
+        y = y.contiguous(memory_format=memory_format)
+    return y
 
 
 def dsconv2d_backward(grad: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor,

@@ -92,8 +92,8 @@ class EnhanceNet(nn.Module):
         last reads them, so no copy is made. Training keeps NCHW, which the backward kernels read.
         """
         inside = torch.contiguous_format
-        if (self.conv_type == "dsc" and ops.reads_channels_last(x_down)
-                and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
+        if (not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+                and self.conv_type == "dsc" and ops.reads_channels_last(x_down)):
             inside = torch.channels_last
         x1 = self.e_conv1(x_down, activation="relu", memory_format=inside)
         x2 = self.e_conv2(x1, activation="relu")
