@@ -151,6 +151,7 @@ def test_opcheck(backend):
     p = [t.requires_grad_() for t in case.values()]
     y, i = rand(2, 3, 17, 19, grad=True, device=dev), rand(2, 3, 17, 19, device=dev)
     last = lambda t: t.detach().contiguous(memory_format=torch.channels_last).requires_grad_()  # noqa: E731
+    out = lib.dsconv2d(last(x), last(x2), *p, "relu", True, backend).detach()
     samples = [
         (lib.dsconv2d, (x, x2, *p, "relu", False, backend)),
         (lib.dsconv2d, (x, None, *[rand(5, 1, 3, 3, lo=-1, grad=True, device=dev), rand(5, grad=True, device=dev),
@@ -160,6 +161,9 @@ def test_opcheck(backend):
         (lib.dsconv2d, (last(x), last(x2), *p, "relu", True, backend)),
         (lib.dsconv2d, (last(x), x2, *p, "none", False, backend)),
         (lib.dsconv2d, (x, x2, *p, "tanh", True, backend)),
+        # (no grad for the backward op's inputs: it has no autograd, double backward is unsupported)
+        (lib.dsconv2d_backward, (torch.rand_like(out), *(last(t).detach() for t in (x, x2)),
+                                 *(t.detach() for t in p), out, "relu", backend)),
         (lib.le_curve, (rand(2, 3, 9, 11, grad=True, device=dev), rand(2, 3, 2, 3, lo=-1, grad=True, device=dev), 8, backend)),
         (lib.spatial_consistency_loss, (y, i, 4, backend)),
         (lib.exposure_loss, (y, 0.6, 16, backend)),
