@@ -573,8 +573,7 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
     if x.dtype == torch.float64 and not _FLOAT64_DOT:
         return reference.dsconv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, x2, activation, memory_format)
     x_last = reference.is_channels_last(x)
-    if memory_format == torch.preserve_format:
-        memory_format = torch.channels_last if x_last else torch.contiguous_format
+    memory_format = reference.output_format(x, memory_format)
     y_last = memory_format == torch.channels_last
     if (x_last or y_last) and not _indexes_channels_last(x, x2, pw_weight.shape[0]):
         x_last = y_last = False  # NCHW, and y copied at the end

@@ -74,6 +74,14 @@ def test_deterministic(op):
         assert torch.equal(a, b), op
 
 
+def _dsconv2d_skip_case(device, dtype, n, h, w):
+    """x and x2 of 16 channels each (whole chunks), and 32 -> 32 parameters."""
+    x, x2 = (rand(device, dtype, n, 16, h, w) for _ in range(2))
+    params = [(rand(device, torch.float32, *s, lo=-1) / 4).to(dtype)
+              for s in ((32, 1, 3, 3), (32,), (32, 32, 1, 1), (32,))]
+    return x, x2, params
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_dsconv2d_interior_and_edge_tiles(dtype):
     """Tiles whose 3x3 halo lies inside the image load without masks, the others with: an image on
@@ -81,9 +89,7 @@ def test_dsconv2d_interior_and_edge_tiles(dtype):
     kernel need 129 columns) but the input gradient's 32-row tiles, with a skip input and whole
     chunks of channels. float16: the forward's tap products (configs of their own)."""
     device = triton_device()
-    x, x2 = (rand(device, dtype, 1, 16, 35, 131) for _ in range(2))
-    params = [(rand(device, torch.float32, *s, lo=-1) / 4).to(dtype)
-              for s in ((32, 1, 3, 3), (32,), (32, 32, 1, 1), (32,))]
+    x, x2, params = _dsconv2d_skip_case(device, dtype, 1, 35, 131)
     fused = lambda a, b, *p: ops.dsconv2d(a, *p, x2=b, activation="relu", backend="triton")  # noqa: E731
     ref = lambda a, b, *p: reference.dsconv2d(a, *p, x2=b, activation="relu")  # noqa: E731
     want = truth(ref, [x, x2, *params])
@@ -91,13 +97,6 @@ def test_dsconv2d_interior_and_edge_tiles(dtype):
     for k in _config_indices(dtype):
         with use_config(k):
             assert_close(outputs_and_grads(fused, [x, x2, *params]), want, dtype, f"dsconv2d config {k}")
-
-
-def _dsconv2d_layout_case(device, dtype, h, w):
-    x, x2 = (rand(device, dtype, 2, 16, h, w) for _ in range(2))
-    params = [(rand(device, torch.float32, *s, lo=-1) / 4).to(dtype)
-              for s in ((32, 1, 3, 3), (32,), (32, 32, 1, 1), (32,))]
-    return x, x2, params
 
 
 _LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -111,7 +110,7 @@ def test_dsconv2d_layouts(layout, out_format, dtype):
     copies), forward and backward (the backward kernels read NCHW; the gradients come back laid out
     as the inputs), against the reference; interior and edge tiles of the first config."""
     device = triton_device()
-    x, x2, params = _dsconv2d_layout_case(device, dtype, 21, 37)
+    x, x2, params = _dsconv2d_skip_case(device, dtype, 2, 21, 37)
     x, x2 = (t.contiguous(memory_format=_LAYOUTS[layout]) for t in (x, x2))
     fused = lambda a, b, *p: ops.dsconv2d(a, *p, x2=b, activation="relu", memory_format=out_format,  # noqa: E731
                                           backend="triton")
@@ -131,7 +130,7 @@ def test_dsconv2d_channels_last_every_config(dtype):
     from sgllie.kernels._runtime import use_config
     from sgllie.kernels.dsconv2d import forward_kernel
     device = triton_device()
-    x, x2, params = _dsconv2d_layout_case(device, dtype, 35, 35)
+    x, x2, params = _dsconv2d_skip_case(device, dtype, 2, 35, 35)
     x, x2 = (t.contiguous(memory_format=torch.channels_last) for t in (x, x2))
     want = reference.dsconv2d(x.double(), *(p.double() for p in params), x2=x2.double(), activation="relu")
     for k in range(len(forward_kernel(dtype)[0].configs)):

@@ -76,8 +76,7 @@ def dsconv2d(x: Tensor, dw_weight: Tensor, dw_bias: Tensor, pw_weight: Tensor, p
     if memory_format not in (torch.preserve_format, torch.contiguous_format, torch.channels_last):
         check.fail(op, "memory_format must be torch.preserve_format, torch.contiguous_format or "
                        f"torch.channels_last, got {memory_format!r}")
-    last = memory_format == torch.channels_last or (memory_format == torch.preserve_format
-                                                  and reference.is_channels_last(x))
+    last = reference.output_format(x, memory_format) == torch.channels_last
     check.finite(op, x=x, x2=x2)
     run = lambda b: _library.dsconv2d(x, x2, dw_weight, dw_bias, pw_weight, pw_bias, activation, last, b)  # noqa: E731
     return run(_choose(op, backend, x, run))

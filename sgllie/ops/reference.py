@@ -41,6 +41,14 @@ def is_channels_last(t: Tensor) -> bool:
     return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
+def output_format(x: Tensor, memory_format: torch.memory_format) -> torch.memory_format:
+    """The layout ``memory_format`` asks of an op's result on input x: preserve_format resolved to
+    x's (channels-last or NCHW)."""
+    if memory_format == torch.preserve_format:
+        return torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    return memory_format
+
+
 def laid_out(t: Tensor, memory_format: torch.memory_format) -> Tensor:
     """t in ``memory_format`` (a copy only where it is laid out otherwise); preserve_format: t."""
     return t if memory_format == torch.preserve_format else t.contiguous(memory_format=memory_format)
