@@ -247,44 +247,53 @@ def _weights(pww_ptr, C, cw, cmask, oo, omask, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _add_tap_products(acc, planes, step, ch, cmask, rows, cols, H, W, w, dww_ptr, dwb_ptr, EDGE: tl.constexpr,
+def _add_tap_products(acc, bias, planes, step, ch, cmask, rows, cols, H, W, w, dww_ptr, dwb_ptr, EDGE: tl.constexpr,
                       COMPUTE: tl.constexpr):
     """acc + the pointwise conv of the depthwise conv of a chunk, as tensor-core products: each tap's
     shifted input [pixels, channels], as read (float16: exact operands), times the tap's weights
     (dw[:, t] pw)[channels, outputs] as two float16 parts (high, and the remainder: ~22 bits),
-    accumulated in float32; then the depthwise bias through the pointwise (dwb pw). z is never
-    formed. One float16 part alone kept 11 bits, as PyTorch's float16 conv keeps of z: enough for
-    the output, not for its ReLU mask, which then disagreed with the exact one on ~1% of pixels."""
+    accumulated in float32. z is never formed. One float16 part alone kept 11 bits, as PyTorch's float16 conv keeps of z: enough for
+    the output, not for its ReLU mask, which then disagreed with the exact one on ~1% of pixels.
+    Returns acc, and ``bias`` [outputs] plus the chunk's depthwise bias through the pointwise (dwb pw),
+    for the caller to add to acc once (here: an add per element of acc and chunk)."""
     at = planes[None, :] + ((rows * W + cols) * step)[:, None]
     for t in tl.static_range(9):
         x = _shifted(at, cmask[None, :], rows[:, None], cols[:, None], t // 3 - 1, t % 3 - 1, H, W, EDGE,
                      planes.dtype.element_ty, step)
-        tap = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)[:, None] * w
-        high = tap.to(x.dtype)
-        acc = tl.dot(x, (tap - high.to(COMPUTE)).to(x.dtype), acc)
+        d = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0)[:, None]
+        if (d.dtype == x.dtype) & (w.dtype == x.dtype):
+            high = d * w  # rounded once, as the float32 product (exact) rounds: paired float16 instructions
+            low = tl.fma(d, w, -high)  # the exact remainder, rounded once
+        else:
+            tap = d.to(COMPUTE) * w.to(COMPUTE)
+            high = tap.to(x.dtype)
+            low = (tap - high.to(COMPUTE)).to(x.dtype)
+        acc = tl.dot(x, low, acc)
         acc = tl.dot(x, high, acc)
     dwb = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE)
-    return acc + tl.sum(dwb[:, None] * w, axis=0)[None, :]
+    return acc, bias + tl.sum(dwb[:, None] * w.to(COMPUTE), axis=0)
 
 
 @triton.jit
-def _add_pointwise(acc, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
+def _add_pointwise(acc, bias, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
                    EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
                    TAPS: tl.constexpr, LAST: tl.constexpr):
-    """acc + the pointwise conv of one input's z, [pixels, outputs]; its Ci channels are channels
-    first.. of [x, x2]."""
+    """acc + the pointwise conv of one input's z, [pixels, outputs], its Ci channels channels first..
+    of [x, x2]; and bias [outputs], to which the tap products add their depthwise bias (for the
+    caller to add to acc once)."""
     for c0 in range(0, Ci, CHUNK):
         planes, ch, cmask, step = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE, LAST)
         if TAPS == "products":
-            w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
-            acc = _add_tap_products(acc, planes, step, ch, cmask, rows, cols, H, W, w, dww_ptr + first * 9,
-                                    dwb_ptr + first, EDGE, COMPUTE)
+            w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :],
+                         pww_ptr.dtype.element_ty)
+            acc, bias = _add_tap_products(acc, bias, planes, step, ch, cmask, rows, cols, H, W, w,
+                                          dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE)
         else:
             z = _depthwise(planes[None, :], step, ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
                            dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE, TAPS)
             w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
             acc = _dot(z, w, acc, COMPUTE)
-    return acc
+    return acc, bias
 
 
 @triton.jit
@@ -293,10 +302,14 @@ def _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr
                     BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, TAPS: tl.constexpr, LAST: tl.constexpr):
     """The conv's output before its activation, [pixels, outputs]."""
     pre = tl.load(pwb_ptr + oo, mask=omask, other=0.0).to(COMPUTE)[None, :] + tl.zeros([BLOCK_P, BLOCK_O], COMPUTE)
-    pre = _add_pointwise(pre, x_ptr, n, C1, 0, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                         EDGE, COMPUTE, CHUNK, WHOLE, TAPS, LAST)
-    return _add_pointwise(pre, x2_ptr, n, C2, C1, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
-                          EDGE, COMPUTE, CHUNK, WHOLE, TAPS, LAST)
+    bias = tl.zeros([BLOCK_O], COMPUTE)
+    pre, bias = _add_pointwise(pre, bias, x_ptr, n, C1, 0, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr,
+                               oo, omask, EDGE, COMPUTE, CHUNK, WHOLE, TAPS, LAST)
+    pre, bias = _add_pointwise(pre, bias, x2_ptr, n, C2, C1, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr,
+                               oo, omask, EDGE, COMPUTE, CHUNK, WHOLE, TAPS, LAST)
+    if TAPS == "products":
+        pre += bias[None, :]
+    return pre
 
 
 @triton.jit
