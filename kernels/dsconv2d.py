@@ -17,9 +17,9 @@ memory). Unrolled, the 128-pixel configs spilled on sm_80 and in float64.
 For float16 input the autotune set also has configs that never form z (TAPS="products"; every
 float16 launch takes 16 channels a chunk): the depthwise-then-pointwise is the sum over the nine
 taps of the tap's shifted input times dw[:, t] pw, on the tensor cores (_add_tap_products). Their
-interior loops for sm_90 run 42-49 SASS instructions per pixel and input channel (128- and
-256-pixel tiles, Triton 3.6 and 3.9) where a depthwise in registers runs 63 at best (Triton 3.6,
-64-pixel tiles, taps unrolled) and ~112 rolled in 128-pixel tiles.
+interior loops for sm_90 (Triton 3.9) run 23-36 SASS instructions per pixel and input channel
+channels-last (256- to 64-pixel tiles), 35-52 NCHW, where a depthwise in registers runs 63 at best
+(Triton 3.6, 64-pixel tiles, taps unrolled) and ~112 rolled in 128-pixel tiles.
 The backward kernels have chunks of their own (_DZ_CHUNK, _PARAMS_CHUNK).
 float32 products run on the tensor cores as 3xTF32 (_dot: each operand split exactly into its TF32
 high part and the remainder, three TF32 products chained: float32 accuracy, where PyTorch's default
@@ -63,7 +63,7 @@ def _configs(*shapes, stages=3, maxnreg=None, **constexprs):
 # of the forward's products but the K of the params kernel's gm^T z, whose tiles stay small.
 # Register caps only where needed: with one ptxas takes nearly all it is allowed (e.g. 158 of 168
 # where it otherwise settles at 128: three blocks per SM instead of four).
-_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4), TAPS="loop")
+_FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4), TAPS="loop", TAP_GROUP=1)  # (TAP_GROUP: the products')
 # and 64-pixel tiles for small images (the model's 1/12-scale layers: 57600 pixels at 4K), where
 # 128-pixel ones give an SM 14 warps, each with a long chain of loads and products: half the pixels
 # a warp, 72 registers, 28 warps (predicted to hide latency better; the GPU's autotuner decides).
@@ -71,13 +71,17 @@ _FWD_CONFIGS = _configs((16, 16, 8), (8, 16, 4), TAPS="loop")
 # unrolled in the source, 1 stage (Triton 3.6 leaves the loop rolled in half precision: unrolled, half
 # the instructions and twice the registers; capped at 192, where ptxas otherwise settles at 64 and
 # spills in the masked layers' sm_80 builds).
-_FWD_SMALL_IMAGE_CONFIGS = (_configs((4, 16, 4), TAPS="loop")
-                            + _configs((4, 16, 4), stages=1, maxnreg=192, TAPS="unrolled"))
+_FWD_SMALL_IMAGE_CONFIGS = (_configs((4, 16, 4), TAPS="loop", TAP_GROUP=1)
+                            + _configs((4, 16, 4), stages=1, maxnreg=192, TAPS="unrolled", TAP_GROUP=1))
 # float16 also: the taps as tensor-core products (TAPS="products", see _add_tap_products), 1 stage (3
 # stages: +20% instructions for what the products read once); capped at 240 registers, where ptxas
 # otherwise settles at 128 and spills in the masked layers' sm_80 builds. float16 launches take
-# 16 channels a chunk in every config (the products' K).
-_FWD_FLOAT16_CONFIGS = _configs((8, 16, 4), (4, 16, 4), (16, 16, 8), stages=1, maxnreg=240, TAPS="products")
+# 16 channels a chunk in every config (the products' K). TAP_GROUP: taps per product channels-last
+# (counted, sm_90: the 64-pixel tiles' loop 330 -> 291 instructions with 4, 246 with 8, which spills
+# on sm_80; the larger tiles' loops grew with 2 or 4).
+_FWD_FLOAT16_CONFIGS = (_configs((8, 16, 4), stages=1, maxnreg=240, TAPS="products", TAP_GROUP=1)
+                        + _configs((4, 16, 4), stages=1, maxnreg=240, TAPS="products", TAP_GROUP=4)
+                        + _configs((16, 16, 8), stages=1, maxnreg=240, TAPS="products", TAP_GROUP=1))
 # dz: its loop prefetches only pointwise weights: 2 stages.
 _DZ_CONFIGS = _configs((4, 16, 8), (8, 16, 4), (16, 16, 8), stages=2)
 # params: 1 stage: pipelined, its masked gathers went through shared memory (+15% instructions)
@@ -247,29 +251,75 @@ def _weights(pww_ptr, C, cw, cmask, oo, omask, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _add_tap_products(acc, bias, planes, step, ch, cmask, rows, cols, H, W, w, dww_ptr, dwb_ptr, EDGE: tl.constexpr,
-                      COMPUTE: tl.constexpr):
-    """acc + the pointwise conv of the depthwise conv of a chunk, as tensor-core products: each tap's
-    shifted input [pixels, channels], as read (float16: exact operands), times the tap's weights
-    (dw[:, t] pw)[channels, outputs] as two float16 parts (high, and the remainder: ~22 bits),
-    accumulated in float32. z is never formed. One float16 part alone kept 11 bits, as PyTorch's float16 conv keeps of z: enough for
-    the output, not for its ReLU mask, which then disagreed with the exact one on ~1% of pixels.
+def _add_split_product(acc, x, d, w, COMPUTE: tl.constexpr):
+    """acc + x (d w), the weights d w [k, outputs] (float16 d and w: their exact product) as two float16
+    parts, high and the remainder (~22 bits in all), accumulated in float32."""
+    if (d.dtype == x.dtype) & (w.dtype == x.dtype):
+        high = d * w  # rounded once, as the float32 product (exact) rounds: paired float16 instructions
+        low = tl.fma(d, w, -high)  # the exact remainder, rounded once
+    else:
+        tap = d.to(COMPUTE) * w.to(COMPUTE)
+        high = tap.to(x.dtype)
+        low = (tap - high.to(COMPUTE)).to(x.dtype)
+    acc = tl.dot(x, low, acc)
+    return tl.dot(x, high, acc)
+
+
+@triton.jit
+def _add_tap_group(acc, chunk_ptr, step, pixels, rows, cols, H, W, t0, c0, Ci, first, C, dww_ptr, pww_ptr, oo,
+                   omask, EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
+                   GROUP: tl.constexpr):
+    """acc + taps t0.. t0 + GROUP - 1 of a chunk of a channels-last input as one product over their
+    (tap, channel) pairs k: the input shifted by each pair's tap [pixels, k] times dw[c, t] pw[:, c]
+    [k, outputs]. chunk_ptr: the chunk's first channel of the image's first pixel."""
+    k = tl.arange(0, GROUP * CHUNK)
+    kc, kt = k % CHUNK, t0 + k // CHUNK
+    dy, dx = kt // 3 - 1, kt % 3 - 1
+    at = chunk_ptr + pixels[:, None] + (kc + (dy * W + dx) * step)[None, :]
+    cmask = c0 + kc < Ci
+    if EDGE:
+        r, c = rows[:, None] + dy[None, :], cols[:, None] + dx[None, :]
+        x = tl.load(at, mask=cmask[None, :] & (r >= 0) & (r < H) & (c >= 0) & (c < W), other=0.0)
+    elif WHOLE:
+        x = tl.load(at)
+    else:
+        x = tl.load(at, mask=cmask[None, :], other=0.0)
+    if WHOLE:
+        cmask = tl.full(kc.shape, 1, tl.int1)  # a constant the compiler folds away
+    d = tl.load(dww_ptr + (c0 + kc) * 9 + kt, mask=cmask, other=0.0)
+    w = tl.load(pww_ptr + oo[None, :] * C + (first + c0 + kc)[:, None], mask=cmask[:, None] & omask[None, :],
+                other=0.0)
+    return _add_split_product(acc, x, d[:, None], w, COMPUTE)
+
+
+@triton.jit
+def _add_tap_products(acc, bias, ptr, n, Ci, c0, first, C, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
+                      EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
+                      TAP_GROUP: tl.constexpr, LAST: tl.constexpr):
+    """acc + the pointwise conv of the depthwise conv of channels [c0, c0 + CHUNK) of one input, as
+    tensor-core products of the shifted input, as read (float16: exact operands), and the taps'
+    weights dw[:, t] pw (_add_split_product). z is never formed. One float16 part of a weight alone
+    kept 11 bits, as PyTorch's float16 conv keeps of z: enough for the output, not for its ReLU
+    mask, which then disagreed with the exact one on ~1% of pixels.
+    Channels-last, where TAP_GROUP > 1, taps 0-7 go TAP_GROUP at a time (_add_tap_group; a tl.dot's
+    K is a power of 2): a product per tap costs a barrier and a wait for the tensor cores per tap and
+    part. The others go one at a time (NCHW all nine: there a group's per-channel gathers spilled).
     Returns acc, and ``bias`` [outputs] plus the chunk's depthwise bias through the pointwise (dwb pw),
-    for the caller to add to acc once (here: an add per element of acc and chunk)."""
-    at = planes[None, :] + ((rows * W + cols) * step)[:, None]
-    for t in tl.static_range(9):
+    for the caller to add to acc once."""
+    planes, ch, cmask, step = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE, LAST)
+    w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :],
+                 pww_ptr.dtype.element_ty)
+    pixels = (rows * W + cols) * step
+    GROUPED: tl.constexpr = 8 * LAST * (TAP_GROUP > 1)  # taps 0..GROUPED - 1 in groups
+    for t0 in tl.static_range(0, GROUPED, TAP_GROUP):
+        acc = _add_tap_group(acc, ptr + n.to(tl.int64) * H * W * Ci + c0, step, pixels, rows, cols, H, W, t0, c0, Ci,
+                             first, C, dww_ptr, pww_ptr, oo, omask, EDGE, COMPUTE, CHUNK, WHOLE, TAP_GROUP)
+    at = planes[None, :] + pixels[:, None]
+    for t in tl.static_range(GROUPED, 9):
         x = _shifted(at, cmask[None, :], rows[:, None], cols[:, None], t // 3 - 1, t % 3 - 1, H, W, EDGE,
                      planes.dtype.element_ty, step)
-        d = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0)[:, None]
-        if (d.dtype == x.dtype) & (w.dtype == x.dtype):
-            high = d * w  # rounded once, as the float32 product (exact) rounds: paired float16 instructions
-            low = tl.fma(d, w, -high)  # the exact remainder, rounded once
-        else:
-            tap = d.to(COMPUTE) * w.to(COMPUTE)
-            high = tap.to(x.dtype)
-            low = (tap - high.to(COMPUTE)).to(x.dtype)
-        acc = tl.dot(x, low, acc)
-        acc = tl.dot(x, high, acc)
+        d = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0)
+        acc = _add_split_product(acc, x, d[:, None], w, COMPUTE)
     dwb = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE)
     return acc, bias + tl.sum(dwb[:, None] * w.to(COMPUTE), axis=0)
 
@@ -277,18 +327,17 @@ def _add_tap_products(acc, bias, planes, step, ch, cmask, rows, cols, H, W, w, d
 @triton.jit
 def _add_pointwise(acc, bias, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, oo, omask,
                    EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
-                   TAPS: tl.constexpr, LAST: tl.constexpr):
+                   TAPS: tl.constexpr, TAP_GROUP: tl.constexpr, LAST: tl.constexpr):
     """acc + the pointwise conv of one input's z, [pixels, outputs], its Ci channels channels first..
     of [x, x2]; and bias [outputs], to which the tap products add their depthwise bias (for the
     caller to add to acc once)."""
     for c0 in range(0, Ci, CHUNK):
-        planes, ch, cmask, step = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE, LAST)
         if TAPS == "products":
-            w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :],
-                         pww_ptr.dtype.element_ty)
-            acc, bias = _add_tap_products(acc, bias, planes, step, ch, cmask, rows, cols, H, W, w,
-                                          dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE)
+            acc, bias = _add_tap_products(acc, bias, ptr, n, Ci, c0, first, C, rows, cols, H, W, dww_ptr + first * 9,
+                                          dwb_ptr + first, pww_ptr, oo, omask, EDGE, COMPUTE, CHUNK, WHOLE,
+                                          TAP_GROUP, LAST)
         else:
+            planes, ch, cmask, step = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE, LAST)
             z = _depthwise(planes[None, :], step, ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
                            dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE, TAPS)
             w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
@@ -299,14 +348,15 @@ def _add_pointwise(acc, bias, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, d
 @triton.jit
 def _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo, omask,
                     EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, TAPS: tl.constexpr, LAST: tl.constexpr):
+                    BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, TAPS: tl.constexpr, TAP_GROUP: tl.constexpr,
+                    LAST: tl.constexpr):
     """The conv's output before its activation, [pixels, outputs]."""
     pre = tl.load(pwb_ptr + oo, mask=omask, other=0.0).to(COMPUTE)[None, :] + tl.zeros([BLOCK_P, BLOCK_O], COMPUTE)
     bias = tl.zeros([BLOCK_O], COMPUTE)
     pre, bias = _add_pointwise(pre, bias, x_ptr, n, C1, 0, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr,
-                               oo, omask, EDGE, COMPUTE, CHUNK, WHOLE, TAPS, LAST)
+                               oo, omask, EDGE, COMPUTE, CHUNK, WHOLE, TAPS, TAP_GROUP, LAST)
     pre, bias = _add_pointwise(pre, bias, x2_ptr, n, C2, C1, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr,
-                               oo, omask, EDGE, COMPUTE, CHUNK, WHOLE, TAPS, LAST)
+                               oo, omask, EDGE, COMPUTE, CHUNK, WHOLE, TAPS, TAP_GROUP, LAST)
     if TAPS == "products":
         pre += bias[None, :]
     return pre
@@ -328,7 +378,7 @@ def _tanh(a):
 def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, C1, C2, O,
                 ACTIVATION: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
                 BLOCK_O: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TAPS: tl.constexpr,
-                X_LAST: tl.constexpr, Y_LAST: tl.constexpr):
+                TAP_GROUP: tl.constexpr, X_LAST: tl.constexpr, Y_LAST: tl.constexpr):
     """y = activation(pointwise(depthwise([x, x2]))); x and x2 NCHW or (X_LAST) channels-last, y
     likewise (Y_LAST)."""
     n = tl.program_id(1)
@@ -336,10 +386,10 @@ def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, 
     oo, omask = _channels(0, O, BLOCK_O, WHOLE)
     if interior:
         y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo,
-                            omask, False, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, TAPS, X_LAST)
+                            omask, False, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, TAPS, TAP_GROUP, X_LAST)
     else:
         y = _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oo,
-                            omask, True, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, TAPS, X_LAST)
+                            omask, True, COMPUTE, CHUNK, WHOLE, BLOCK_H * BLOCK_W, BLOCK_O, TAPS, TAP_GROUP, X_LAST)
     if ACTIVATION == "relu":
         y = tl.where(y < 0, 0.0, y)  # NaN stays NaN, as F.relu
     elif ACTIVATION == "tanh":

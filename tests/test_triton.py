@@ -123,15 +123,19 @@ def test_dsconv2d_layouts(layout, out_format, dtype):
     assert got[1].stride() == x.stride() and got[2].stride() == x2.stride()  # gradients as the inputs
 
 
+@pytest.mark.parametrize("channels", [(16, 16, 32), (3, 5, 6)], ids=["whole_chunks", "masked_channels"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_dsconv2d_channels_last_every_config(dtype):
-    """Channels-last in and out, every forward config of ``dtype`` (float16: the tap products too),
-    on an image where each has interior tiles (no masks) and edge ones."""
+def test_dsconv2d_channels_last_every_config(dtype, channels):
+    """Channels-last in and out, every forward config of ``dtype`` (float16: the tap products too,
+    some in groups of taps), on an image where each has interior tiles (no masks) and edge ones; x
+    and x2 of whole chunks of channels, and of channels masked in a chunk."""
     from sgllie.kernels._runtime import use_config
     from sgllie.kernels.dsconv2d import forward_kernel
     device = triton_device()
-    x, x2, params = _dsconv2d_skip_case(device, dtype, 2, 35, 35)
-    x, x2 = (t.contiguous(memory_format=torch.channels_last) for t in (x, x2))
+    c1, c2, o = channels
+    x, x2 = (rand(device, dtype, 2, c, 35, 35).contiguous(memory_format=torch.channels_last) for c in (c1, c2))
+    params = [(rand(device, torch.float32, *s, lo=-1) / 4).to(dtype)
+              for s in ((c1 + c2, 1, 3, 3), (c1 + c2,), (o, c1 + c2, 1, 1), (o,))]
     want = reference.dsconv2d(x.double(), *(p.double() for p in params), x2=x2.double(), activation="relu")
     for k in range(len(forward_kernel(dtype)[0].configs)):
         with use_config(k):
