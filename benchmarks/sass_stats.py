@@ -26,8 +26,9 @@ _BACK_BRANCH = re.compile(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)")
 
 
 def _drive() -> None:
-    """The launches to read: a 32 -> 32 relu layer forward (NCHW and channels-last) and backward, and
-    the 4K float16 curve."""
+    """The launches to read: a 32 -> 32 relu layer forward (NCHW and channels-last) and backward; a
+    32+32 -> 32 relu layer of the 4K float16 inference (1/12 scale, channels-last, NCHW: its tap
+    products); and the 4K float16 curve."""
     import sgllie.kernels as K  # noqa: PLC0415
 
     x = torch.rand(8, 32, 64, 64)
@@ -35,6 +36,10 @@ def _drive() -> None:
     y = K.dsconv2d(x, *p, activation="relu")
     K.dsconv2d_backward(y, x, *p, activation="relu", out=y)
     K.dsconv2d(x.contiguous(memory_format=torch.channels_last), *p, activation="relu")
+    half = [torch.rand(s, dtype=torch.float16) for s in ((64, 1, 3, 3), (64,), (32, 64, 1, 1), (32,))]
+    for layout in (torch.channels_last, torch.contiguous_format):
+        x = torch.rand(1, 32, 180, 320, dtype=torch.float16).contiguous(memory_format=layout)
+        K.dsconv2d(x, *half, x2=x, activation="relu")
     K.le_curve(torch.rand(1, 3, 2160, 3840, dtype=torch.float16),
                torch.rand(1, 3, 180, 320, dtype=torch.float16), 8)
 
