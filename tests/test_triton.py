@@ -74,11 +74,11 @@ def test_deterministic(op):
         assert torch.equal(a, b), op
 
 
-def _dsconv2d_skip_case(device, dtype, n, h, w):
-    """x and x2 of 16 channels each (whole chunks), and 32 -> 32 parameters."""
-    x, x2 = (rand(device, dtype, n, 16, h, w) for _ in range(2))
+def _dsconv2d_skip_case(device, dtype, n, h, w, c1=16, c2=16, o=32):
+    """x and x2 of c1 and c2 channels (by default 16 each: whole chunks), and c1 + c2 -> o parameters."""
+    x, x2 = (rand(device, dtype, n, c, h, w) for c in (c1, c2))
     params = [(rand(device, torch.float32, *s, lo=-1) / 4).to(dtype)
-              for s in ((32, 1, 3, 3), (32,), (32, 32, 1, 1), (32,))]
+              for s in ((c1 + c2, 1, 3, 3), (c1 + c2,), (o, c1 + c2, 1, 1), (o,))]
     return x, x2, params
 
 
@@ -132,10 +132,8 @@ def test_dsconv2d_channels_last_every_config(dtype, channels):
     from sgllie.kernels._runtime import use_config
     from sgllie.kernels.dsconv2d import forward_kernel
     device = triton_device()
-    c1, c2, o = channels
-    x, x2 = (rand(device, dtype, 2, c, 35, 35).contiguous(memory_format=torch.channels_last) for c in (c1, c2))
-    params = [(rand(device, torch.float32, *s, lo=-1) / 4).to(dtype)
-              for s in ((c1 + c2, 1, 3, 3), (c1 + c2,), (o, c1 + c2, 1, 1), (o,))]
+    x, x2, params = _dsconv2d_skip_case(device, dtype, 2, 35, 35, *channels)
+    x, x2 = (t.contiguous(memory_format=torch.channels_last) for t in (x, x2))
     want = reference.dsconv2d(x.double(), *(p.double() for p in params), x2=x2.double(), activation="relu")
     for k in range(len(forward_kernel(dtype)[0].configs)):
         with use_config(k):
