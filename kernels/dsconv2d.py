@@ -17,8 +17,8 @@ memory). Unrolled, the 128-pixel configs spilled on sm_80 and in float64.
 For float16 input the autotune set also has configs that never form z (TAPS="products"; every
 float16 launch takes 16 channels a chunk): the depthwise-then-pointwise is the sum over the nine
 taps of the tap's shifted input times dw[:, t] pw, on the tensor cores (_add_tap_products). Their
-interior loops for sm_90 (Triton 3.9) run 23-36 SASS instructions per pixel and input channel
-channels-last (256- to 64-pixel tiles), 35-52 NCHW, where a depthwise in registers runs 63 at best
+interior loops for sm_90 (Triton 3.9) run 22-32 SASS instructions per pixel and input channel
+channels-last (256- to 64-pixel tiles), 35-51 NCHW, where a depthwise in registers runs 63 at best
 (Triton 3.6, 64-pixel tiles, taps unrolled) and ~112 rolled in 128-pixel tiles.
 The backward kernels have chunks of their own (_DZ_CHUNK, _PARAMS_CHUNK).
 float32 products run on the tensor cores as 3xTF32 (_dot: each operand split exactly into its TF32
@@ -181,13 +181,19 @@ def _channels(c0, C, CHUNK: tl.constexpr, WHOLE: tl.constexpr):
 
 
 @triton.jit
+def _image_start(ptr, n, C, H, W):
+    """Image n's first element in a channels-last (N, C, H, W) tensor."""
+    return ptr + n.to(tl.int64) * H * W * C
+
+
+@triton.jit
 def _chunk(ptr, n, C, c0, H, W, CHUNK: tl.constexpr, WHOLE: tl.constexpr, LAST: tl.constexpr = False):
     """Channels [c0, c0 + CHUNK) of image n of an (N, C, H, W) tensor, laid out NCHW or (LAST)
     channels-last: pointers to each channel's first pixel, channel numbers, their mask (1-D), and the
     step from one pixel to the next (1, or C channels-last)."""
     ch, cmask = _channels(c0, C, CHUNK, WHOLE)
     if LAST:
-        return ptr + n.to(tl.int64) * H * W * C + ch, ch, cmask, C
+        return _image_start(ptr, n, C, H, W) + ch, ch, cmask, C
     return ptr + (n * C + ch).to(tl.int64) * H * W, ch, cmask, 1
 
 
@@ -276,7 +282,10 @@ def _add_tap_group(acc, chunk_ptr, step, pixels, rows, cols, H, W, t0, c0, Ci, f
     kc, kt = k % CHUNK, t0 + k // CHUNK
     dy, dx = kt // 3 - 1, kt % 3 - 1
     at = chunk_ptr + pixels[:, None] + (kc + (dy * W + dx) * step)[None, :]
-    cmask = c0 + kc < Ci
+    if WHOLE:
+        cmask = tl.full(kc.shape, 1, tl.int1)  # a constant the compiler folds away
+    else:
+        cmask = c0 + kc < Ci
     if EDGE:
         r, c = rows[:, None] + dy[None, :], cols[:, None] + dx[None, :]
         x = tl.load(at, mask=cmask[None, :] & (r >= 0) & (r < H) & (c >= 0) & (c < W), other=0.0)
@@ -284,9 +293,8 @@ def _add_tap_group(acc, chunk_ptr, step, pixels, rows, cols, H, W, t0, c0, Ci, f
         x = tl.load(at)
     else:
         x = tl.load(at, mask=cmask[None, :], other=0.0)
-    if WHOLE:
-        cmask = tl.full(kc.shape, 1, tl.int1)  # a constant the compiler folds away
-    d = tl.load(dww_ptr + (c0 + kc) * 9 + kt, mask=cmask, other=0.0)
+    # the chunk's start apart: the offsets stay in registers across chunks (an address: 2 instructions, not 5)
+    d = tl.load(dww_ptr + c0 * 9 + (kc * 9 + kt), mask=cmask, other=0.0)
     w = tl.load(pww_ptr + oo[None, :] * C + (first + c0 + kc)[:, None], mask=cmask[:, None] & omask[None, :],
                 other=0.0)
     return _add_split_product(acc, x, d[:, None], w, COMPUTE)
@@ -304,24 +312,25 @@ def _add_tap_products(acc, bias, ptr, n, Ci, c0, first, C, rows, cols, H, W, dww
     Channels-last, where TAP_GROUP > 1, taps 0-7 go TAP_GROUP at a time (_add_tap_group; a tl.dot's
     K is a power of 2): a product per tap costs a barrier and a wait for the tensor cores per tap and
     part. The others go one at a time (NCHW all nine: there a group's per-channel gathers spilled).
-    Returns acc, and ``bias`` [outputs] plus the chunk's depthwise bias through the pointwise (dwb pw),
-    for the caller to add to acc once."""
+    Returns acc, and ``bias`` [channels, outputs] plus the chunk's depthwise bias through the pointwise
+    (dwb pw), for the caller to sum over the channels and add to acc once (not a sum across threads
+    per chunk)."""
     planes, ch, cmask, step = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE, LAST)
     w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :],
                  pww_ptr.dtype.element_ty)
     pixels = (rows * W + cols) * step
     GROUPED: tl.constexpr = 8 * LAST * (TAP_GROUP > 1)  # taps 0..GROUPED - 1 in groups
     for t0 in tl.static_range(0, GROUPED, TAP_GROUP):
-        acc = _add_tap_group(acc, ptr + n.to(tl.int64) * H * W * Ci + c0, step, pixels, rows, cols, H, W, t0, c0, Ci,
+        acc = _add_tap_group(acc, _image_start(ptr, n, Ci, H, W) + c0, step, pixels, rows, cols, H, W, t0, c0, Ci,
                              first, C, dww_ptr, pww_ptr, oo, omask, EDGE, COMPUTE, CHUNK, WHOLE, TAP_GROUP)
     at = planes[None, :] + pixels[:, None]
     for t in tl.static_range(GROUPED, 9):
         x = _shifted(at, cmask[None, :], rows[:, None], cols[:, None], t // 3 - 1, t % 3 - 1, H, W, EDGE,
                      planes.dtype.element_ty, step)
-        d = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0)
+        d = tl.load(dww_ptr + c0 * 9 + (tl.arange(0, CHUNK) * 9 + t), mask=cmask, other=0.0)
         acc = _add_split_product(acc, x, d[:, None], w, COMPUTE)
     dwb = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE)
-    return acc, bias + tl.sum(dwb[:, None] * w.to(COMPUTE), axis=0)
+    return acc, bias + dwb[:, None] * w.to(COMPUTE)
 
 
 @triton.jit
@@ -329,8 +338,8 @@ def _add_pointwise(acc, bias, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, d
                    EDGE: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr, WHOLE: tl.constexpr,
                    TAPS: tl.constexpr, TAP_GROUP: tl.constexpr, LAST: tl.constexpr):
     """acc + the pointwise conv of one input's z, [pixels, outputs], its Ci channels channels first..
-    of [x, x2]; and bias [outputs], to which the tap products add their depthwise bias (for the
-    caller to add to acc once)."""
+    of [x, x2]; and bias [channels, outputs], to which the tap products add their depthwise bias (for
+    the caller to sum and add to acc once)."""
     for c0 in range(0, Ci, CHUNK):
         if TAPS == "products":
             acc, bias = _add_tap_products(acc, bias, ptr, n, Ci, c0, first, C, rows, cols, H, W, dww_ptr + first * 9,
@@ -352,13 +361,13 @@ def _pre_activation(x_ptr, x2_ptr, n, C1, C2, rows, cols, H, W, dww_ptr, dwb_ptr
                     LAST: tl.constexpr):
     """The conv's output before its activation, [pixels, outputs]."""
     pre = tl.load(pwb_ptr + oo, mask=omask, other=0.0).to(COMPUTE)[None, :] + tl.zeros([BLOCK_P, BLOCK_O], COMPUTE)
-    bias = tl.zeros([BLOCK_O], COMPUTE)
+    bias = tl.zeros([CHUNK, BLOCK_O], COMPUTE)
     pre, bias = _add_pointwise(pre, bias, x_ptr, n, C1, 0, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr,
                                oo, omask, EDGE, COMPUTE, CHUNK, WHOLE, TAPS, TAP_GROUP, LAST)
     pre, bias = _add_pointwise(pre, bias, x2_ptr, n, C2, C1, C1 + C2, rows, cols, H, W, dww_ptr, dwb_ptr, pww_ptr,
                                oo, omask, EDGE, COMPUTE, CHUNK, WHOLE, TAPS, TAP_GROUP, LAST)
     if TAPS == "products":
-        pre += bias[None, :]
+        pre += tl.sum(bias, axis=0)[None, :]
     return pre
 
 
