@@ -227,25 +227,25 @@ def _shifted(at, cmask, rows, cols, dy, dx, H, W, EDGE: tl.constexpr, COMPUTE: t
 
 
 @triton.jit
-def _add_tap(z, t, at, step, ch, cmask, rows, cols, H, W, dww_ptr, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
-    """z + tap t (0..8, row-major) of the 3x3 depthwise."""
-    w = tl.load(dww_ptr + ch * 9 + t, mask=cmask, other=0.0).to(COMPUTE)
+def _add_tap(z, t, at, step, taps, cmask, rows, cols, H, W, EDGE: tl.constexpr, COMPUTE: tl.constexpr):
+    """z + tap t (0..8, row-major) of the 3x3 depthwise; ``taps``: pointers to the channels' weights."""
+    w = tl.load(taps + t, mask=cmask, other=0.0).to(COMPUTE)
     return z + w * _shifted(at, cmask, rows, cols, t // 3 - 1, t % 3 - 1, H, W, EDGE, COMPUTE, step)
 
 
 @triton.jit
-def _depthwise(planes, step, ch, cmask, rows, cols, H, W, dww_ptr, dwb_ptr, EDGE: tl.constexpr,
-               COMPUTE: tl.constexpr, TAPS: tl.constexpr):
-    """z = bias + 3x3 depthwise (zero in masked channels); the weight pointers start at the input's
-    first channel."""
-    z = tl.load(dwb_ptr + ch, mask=cmask, other=0.0).to(COMPUTE) + tl.zeros_like(rows + cols).to(COMPUTE)
+def _depthwise(planes, step, taps, biases, cmask, rows, cols, H, W, EDGE: tl.constexpr, COMPUTE: tl.constexpr,
+               TAPS: tl.constexpr):
+    """z = bias + 3x3 depthwise (zero in masked channels); ``taps`` and ``biases``: pointers to the
+    channels' weights."""
+    z = tl.load(biases, mask=cmask, other=0.0).to(COMPUTE) + tl.zeros_like(rows + cols).to(COMPUTE)
     at = planes + (rows * W + cols) * step
     if TAPS == "unrolled":
         for t in tl.static_range(9):
-            z = _add_tap(z, t, at, step, ch, cmask, rows, cols, H, W, dww_ptr, EDGE, COMPUTE)
+            z = _add_tap(z, t, at, step, taps, cmask, rows, cols, H, W, EDGE, COMPUTE)
     else:
         for t in range(9):  # unrolled by the compiler in some builds (see the module's docstring)
-            z = _add_tap(z, t, at, step, ch, cmask, rows, cols, H, W, dww_ptr, EDGE, COMPUTE)
+            z = _add_tap(z, t, at, step, taps, cmask, rows, cols, H, W, EDGE, COMPUTE)
     return z
 
 
@@ -347,8 +347,9 @@ def _add_pointwise(acc, bias, ptr, n, Ci, first, C, rows, cols, H, W, dww_ptr, d
                                           TAP_GROUP, LAST)
         else:
             planes, ch, cmask, step = _chunk(ptr, n, Ci, c0, H, W, CHUNK, WHOLE, LAST)
-            z = _depthwise(planes[None, :], step, ch[None, :], cmask[None, :], rows[:, None], cols[:, None], H, W,
-                           dww_ptr + first * 9, dwb_ptr + first, EDGE, COMPUTE, TAPS)
+            k = tl.arange(0, CHUNK)[None, :]  # (the chunk's start apart, as the tap products' weights)
+            z = _depthwise(planes[None, :], step, dww_ptr + (first + c0) * 9 + k * 9, dwb_ptr + (first + c0) + k,
+                           cmask[None, :], rows[:, None], cols[:, None], H, W, EDGE, COMPUTE, TAPS)
             w = _weights(pww_ptr, C, first + ch[:, None], cmask[:, None], oo[None, :], omask[None, :], COMPUTE)
             acc = _dot(z, w, acc, COMPUTE)
     return acc, bias
