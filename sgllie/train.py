@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .data import LowLightImages
 from .io import atomic_write
+from . import ops
 from .losses import COMPONENTS, LossWeights, SGZLoss
 from .model import EnhanceNet, read_checkpoint, save_checkpoint
 
@@ -46,6 +47,10 @@ LOG_FIELDS = ("epoch", "iteration", "step") + COMPONENTS + ("total",)
 
 class UsageError(Exception):
     """A bad flag, file or folder: reported as one line, exit code 2."""
+
+
+class Diverged(Exception):
+    """The loss is NaN or Inf: reported as one line, exit code 1, with no snapshot of the step."""
 
 
 # ----------------------------------------------------------------------------- command line
@@ -498,8 +503,11 @@ class Trainer:
             self.epoch, self.iteration = epoch + 1, 0
 
     def _train_step(self, images: torch.Tensor) -> dict:
-        enhanced, r = self.model(images)
-        total, parts = self.loss(enhanced, r, images)
+        enhanced, r = self.model(images)  # checks the images for NaN/Inf
+        # the loss's inputs derive from the checked images and weights: the loss is checked below,
+        # where it is read anyway, not each of its inputs with a host sync of its own
+        with ops.no_finite_checks():
+            total, parts = self.loss(enhanced, r, images)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.args.grad_clip_norm)
@@ -510,6 +518,10 @@ class Trainer:
             dist.all_reduce(values)
             values /= self.ctx.world
         values = values.tolist()
+        if not all(map(math.isfinite, values)):
+            raise Diverged(f"the loss is not finite at step {self.step + 1} ({dict(zip(['total', *parts], values))}): "
+                           "training diverged; continue from the last snapshot with --resume and a lower --lr "
+                           "or --grad_clip_norm")
         row = dict.fromkeys(COMPONENTS)
         row.update(zip(parts, values[1:]))
         row["total"] = values[0]
@@ -566,6 +578,10 @@ def main(argv=None) -> int:
         if ctx is None or ctx.main:
             print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except Diverged as e:  # every process sees the same (all-reduced) loss
+        if ctx.main:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue from the last snapshot with --resume", file=sys.stderr)
         return 130

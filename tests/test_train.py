@@ -132,6 +132,25 @@ def test_not_a_checkpoint(images, tmp_path, capsys):
     assert "bogus.pth" in capsys.readouterr().err
 
 
+def test_diverged_loss_one_line_and_snapshots_intact(images, tmp_path, capsys, monkeypatch):
+    """A NaN in the enhanced image (the loss's inputs are not checked one by one: the loss is) ends the
+    run with one line and exit code 1, the previous step's snapshot left as it was."""
+    real, calls = sgllie.EnhanceNet.forward, []
+
+    def forward(self, x):
+        enhanced, r = real(self, x)
+        calls.append(x.shape)
+        return (enhanced * float("nan"), r) if len(calls) == 2 else (enhanced, r)
+
+    monkeypatch.setattr(sgllie.EnhanceNet, "forward", forward)
+    out = tmp_path / "w"
+    assert main(_args(images, out, "--num_epochs", 1, "--snapshot_iter", 1)) == 1
+    err = capsys.readouterr().err
+    assert "the loss is not finite at step 2" in err and "--resume" in err and "Traceback" not in err
+    assert torch.load(out / "train_state_Epoch0.pt", weights_only=True)["step"] == 1
+    assert all(v.isfinite().all() for v in _weights(out / "Epoch0.pth").values())
+
+
 def test_semantic_without_weights(images, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sgllie.semantic, "imagenet_backbone_state_dict", lambda: (None, "offline (test)"))
     args = _args(images, tmp_path / "w")
