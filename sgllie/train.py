@@ -34,9 +34,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from . import ops
 from .data import LowLightImages
 from .io import atomic_write
-from . import ops
 from .losses import COMPONENTS, LossWeights, SGZLoss
 from .model import EnhanceNet, read_checkpoint, save_checkpoint
 
