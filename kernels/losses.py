@@ -9,7 +9,9 @@ zero_reference_loss forward:
   and of the three channels.
 - _spa_map: delta -> the spa term's partial sums and its per-patch gradients (into pooled_grads).
 - _zrl_finish, one program: the partials added in a fixed order (no atomics anywhere: the same bits
-  every run) into the three losses, and the colour gradients (into pooled_grads).
+  every run), blocks of images at once, into the three losses, and the colour gradients (into
+  pooled_grads).
+The forward's scratch (tile count, partials, delta) is one buffer, its parts found by offset.
 Backward (_zrl_spread): one write of dL/dy (and dL/di) from pooled_grads; y and i are not read.
 
 tv_loss: forward one read of r into per-program partials (_tv_fwd, then _sum_finish); backward one
@@ -20,6 +22,7 @@ only what their term needs; their backward recomputes the pooled maps (one more 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -39,6 +42,7 @@ _TV_CONFIGS = [triton.Config({"BLOCK_W": bw, "BAND": band}, num_warps=nw)
                for bw, band, nw in ((128, 16, 2), (512, 16, 4), (1024, 16, 8))]
 _SPA_TILE = (16, 32)   # _spa_map tile of the pooled map: fixed, so its partials need no count
 _FINISH_BLOCK = 256
+_FINISH_IMAGES, _FINISH_TILES = 8, 128   # _zrl_finish's [images, tiles] blocks of partials (8 warps)
 
 
 @constexpr_function
@@ -86,11 +90,32 @@ def _sum(ptr, count, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
 
 
 # ----------------------------------------------------------------------------- zero_reference_loss
-@autotune(_POOL_CONFIGS, key=["H", "W", "P", "E", "SPA", "EXPOSURE", "COLOUR"])
+# The forward's scratch, one float64 buffer (one allocation, no views: the kernels take offsets):
+# [the pool's tile count (int32) | the spa map's partials | delta | the pool's partials]
 @triton.jit
-def _zrl_pool(y_ptr, i_ptr, delta_ptr, gexp_ptr, part_ptr, tiles_ptr, n, H, W, rows, ph, pw, eh, ew,
-              level_hi, level_lo, P: tl.constexpr, E: tl.constexpr, SPA: tl.constexpr, EXPOSURE: tl.constexpr,
+def _tile_count(scratch_ptr):
+    return scratch_ptr.to(tl.pointer_type(tl.int32))
+
+
+@triton.jit
+def _spa_partials(scratch_ptr):
+    return scratch_ptr + 1
+
+
+@triton.jit
+def _delta(scratch_ptr, delta_at, COMPUTE: tl.constexpr):
+    """delta, the grey patch sums of y - i, in COMPUTE's type (a float64 slot a value: float32 uses half)."""
+    return (scratch_ptr + delta_at).to(tl.pointer_type(COMPUTE))
+
+
+@autotune(_POOL_CONFIGS, key=["H", "W", "P", "E", "SPA", "EXPOSURE", "COLOUR"])
+@triton.jit(do_not_specialize=["exp_at", "delta_at", "part_at"])
+def _zrl_pool(y_ptr, i_ptr, pooled_ptr, scratch_ptr, n, H, W, rows, exp_at, delta_at, part_at, level_hi, level_lo,
+              P: tl.constexpr, E: tl.constexpr, SPA: tl.constexpr, EXPOSURE: tl.constexpr,
               COLOUR: tl.constexpr, COMPUTE: tl.constexpr, TILE_W: tl.constexpr, TILE_H: tl.constexpr):
+    ph, pw, eh, ew = H // P, W // P, H // E, W // E
+    gexp_ptr, tiles_ptr = pooled_ptr + exp_at, _tile_count(scratch_ptr)
+    delta_ptr, part_ptr = _delta(scratch_ptr, delta_at, COMPUTE), scratch_ptr + part_at
     # whole patches of both sizes per tile: every pooled value is finished inside one program
     L: tl.constexpr = _lcm(P, E)
     CW: tl.constexpr = _whole(TILE_W, L)
@@ -179,9 +204,11 @@ def _spa_neighbour(base, rr, cc, ph, pw, delta, e, near, weight_in, DY: tl.const
     return e + WEIGHT * d * d, near + WEIGHT * other, weight_in + tl.where(inside, WEIGHT, 0.0)
 
 
-@triton.jit
-def _spa_map(delta_ptr, gdelta_ptr, part_ptr, n, ph, pw, P: tl.constexpr, BLOCK_H: tl.constexpr,
-             BLOCK_W: tl.constexpr):
+@triton.jit(do_not_specialize=["delta_at"])
+def _spa_map(scratch_ptr, gdelta_ptr, n, H, W, delta_at, P: tl.constexpr, COMPUTE: tl.constexpr,
+             BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    ph, pw = H // P, W // P
+    delta_ptr, part_ptr = _delta(scratch_ptr, delta_at, COMPUTE), _spa_partials(scratch_ptr)
     pid = tl.program_id(0)
     tiles_w = tl.cdiv(pw, BLOCK_W)
     per_image = tl.cdiv(ph, BLOCK_H) * tiles_w
@@ -211,41 +238,64 @@ def _spa_map(delta_ptr, gdelta_ptr, part_ptr, n, ph, pw, P: tl.constexpr, BLOCK_
     tl.store(gdelta_ptr + b * ph * pw + rr * pw + cc, grad, mask=inside)
 
 
-@triton.jit
-def _zrl_finish(spa_part_ptr, spa_parts, part_ptr, tiles_ptr, gcol_ptr, spa_ptr, exp_ptr, col_ptr, n, H, W,
-                ph, pw, eh, ew, SPA: tl.constexpr, EXPOSURE: tl.constexpr, COLOUR: tl.constexpr,
-                COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["col_at", "part_at"])
+def _zrl_finish(scratch_ptr, pooled_ptr, spa_ptr, exp_ptr, col_ptr, n, H, W, spa_parts, col_at, part_at,
+                P: tl.constexpr, E: tl.constexpr, SPA: tl.constexpr, EXPOSURE: tl.constexpr, COLOUR: tl.constexpr,
+                COMPUTE: tl.constexpr, BLOCK: tl.constexpr, IMAGES: tl.constexpr, TILES: tl.constexpr):
+    ph, pw, eh, ew = H // P, W // P, H // E, W // E
+    gcol_ptr, part_ptr = pooled_ptr + col_at, scratch_ptr + part_at
     # the losses leave through COMPUTE: float64 -> bfloat16 is no conversion every target has
-    tiles = tl.load(tiles_ptr)   # _zrl_pool's programs per image
     if SPA:
-        tl.store(spa_ptr, (_sum(spa_part_ptr, spa_parts, 1, BLOCK) / (_f64(n) * ph * pw)).to(COMPUTE))
-    if EXPOSURE:
-        tl.store(exp_ptr, (_sum(part_ptr, n * tiles, 4, BLOCK) / (_f64(n) * eh * ew)).to(COMPUTE))
-    if COLOUR:
+        tl.store(spa_ptr, (_sum(_spa_partials(scratch_ptr), spa_parts, 1, BLOCK) / (_f64(n) * ph * pw)).to(COMPUTE))
+    if EXPOSURE or COLOUR:
+        # the pool's partials as [images, tiles] blocks: IMAGES images' sums load together, where one
+        # image's after another made a chain of dependent loads (14 us of one program, H100, batch 8)
+        tiles = tl.load(_tile_count(scratch_ptr))   # _zrl_pool's programs per image
         pixels = _f64(H) * W
-        col = tl.zeros([1], tl.float64)
-        for b in range(n):
-            image = part_ptr + b * tiles * 4
-            m0 = _sum(image + 1, tiles, 4, BLOCK) / pixels
-            m1 = _sum(image + 2, tiles, 4, BLOCK) / pixels
-            m2 = _sum(image + 3, tiles, 4, BLOCK) / pixels
-            a, c, d = m0 - m1, m0 - m2, m2 - m1
-            k = tl.sqrt(a * a * a * a + c * c * c * c + d * d * d * d)
-            col += k
-            # dk/dm; at k = 0 (all channel means equal) the subgradient 0, as the reference
-            s = tl.where(k > 0, 1.0 / (2.0 * tl.maximum(k, 1e-300)), 0.0) / (_f64(n) * pixels)
-            tl.store(gcol_ptr + b * 3, s * 4.0 * (a * a * a + c * c * c))
-            tl.store(gcol_ptr + b * 3 + 1, s * -4.0 * (a * a * a + d * d * d))
-            tl.store(gcol_ptr + b * 3 + 2, s * 4.0 * (d * d * d - c * c * c))
-        tl.store(col_ptr + tl.arange(0, 1), (col / _f64(n)).to(COMPUTE))
+        exp = tl.zeros([IMAGES], tl.float64)
+        col = tl.zeros([IMAGES], tl.float64)
+        t = tl.arange(0, TILES)[None, :]
+        for b0 in range(0, n, IMAGES):
+            b = b0 + tl.arange(0, IMAGES)
+            e = tl.zeros([IMAGES, TILES], tl.float64)
+            s0 = tl.zeros([IMAGES, TILES], tl.float64)
+            s1 = tl.zeros([IMAGES, TILES], tl.float64)
+            s2 = tl.zeros([IMAGES, TILES], tl.float64)
+            for t0 in range(0, tiles, TILES):
+                inside = (b[:, None] < n) & (t0 + t < tiles)
+                part = part_ptr + (b[:, None] * tiles + t0 + t) * 4
+                if EXPOSURE:
+                    e += tl.load(part, mask=inside, other=0.0)
+                if COLOUR:
+                    s0 += tl.load(part + 1, mask=inside, other=0.0)
+                    s1 += tl.load(part + 2, mask=inside, other=0.0)
+                    s2 += tl.load(part + 3, mask=inside, other=0.0)
+            exp += tl.sum(e, 1)
+            if COLOUR:
+                m0, m1, m2 = tl.sum(s0, 1) / pixels, tl.sum(s1, 1) / pixels, tl.sum(s2, 1) / pixels
+                a, c, d = m0 - m1, m0 - m2, m2 - m1
+                k = tl.sqrt(a * a * a * a + c * c * c * c + d * d * d * d)
+                image = b < n
+                col += tl.where(image, k, 0.0)
+                # dk/dm; at k = 0 (all channel means equal) the subgradient 0, as the reference
+                s = tl.where(k > 0, 1.0 / (2.0 * tl.maximum(k, 1e-300)), 0.0) / (_f64(n) * pixels)
+                tl.store(gcol_ptr + b * 3, s * 4.0 * (a * a * a + c * c * c), mask=image)
+                tl.store(gcol_ptr + b * 3 + 1, s * -4.0 * (a * a * a + d * d * d), mask=image)
+                tl.store(gcol_ptr + b * 3 + 2, s * 4.0 * (d * d * d - c * c * c), mask=image)
+        if EXPOSURE:
+            tl.store(exp_ptr, (tl.sum(exp, 0) / (_f64(n) * eh * ew)).to(COMPUTE))
+        if COLOUR:
+            tl.store(col_ptr, (tl.sum(col, 0) / _f64(n)).to(COMPUTE))
 
 
 @autotune(_SPREAD_CONFIGS, key=["H", "W", "P", "E", "SPA", "EXPOSURE", "COLOUR", "NEED_GI"])
-@triton.jit
-def _zrl_spread(gs_ptr, ge_ptr, gc_ptr, gdelta_ptr, gexp_ptr, gcol_ptr, gy_ptr, gi_ptr, H, W, ph, pw, eh, ew,
+@triton.jit(do_not_specialize=["exp_at", "col_at"])
+def _zrl_spread(gs_ptr, ge_ptr, gc_ptr, pooled_ptr, gy_ptr, gi_ptr, H, W, exp_at, col_at,
                 P: tl.constexpr, E: tl.constexpr, SPA: tl.constexpr, EXPOSURE: tl.constexpr,
                 COLOUR: tl.constexpr, NEED_GI: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_H: tl.constexpr,
                 BLOCK_W: tl.constexpr):
+    ph, pw, eh, ew = H // P, W // P, H // E, W // E
+    gdelta_ptr, gexp_ptr, gcol_ptr = pooled_ptr, pooled_ptr + exp_at, pooled_ptr + col_at
     tiles_h = tl.cdiv(H, BLOCK_H)
     b = tl.program_id(0) // tiles_h
     r = (tl.program_id(0) % tiles_h) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
@@ -293,23 +343,43 @@ def _check(name: str, *tensors: torch.Tensor) -> None:
 
 
 class _Terms(NamedTuple):
-    """Which of the three image losses a call computes, and the sizes that follow (patch 1 when off)."""
+    """Which of the three image losses a call computes, and the sizes that follow (patch 1 when off):
+    the same for every call of a shape (``_terms`` caches them: they cost microseconds a call)."""
     P: int
     E: int
     ph: int
     pw: int
-    eh: int
-    ew: int
     spa: int        # sizes of pooled_grads' three parts
     exposure: int
     colour: int
+    rows: int       # the rows the pool reads: the colour sums need every row, the pooled maps whole patches
+    spa_parts: int  # _spa_map's programs
+    delta_at: int   # the forward's scratch (float64 elements; see _tile_count): delta's start, the pool's
+    part_at: int    # partials' start, and the size
+    scratch: int
 
-    @staticmethod
-    def of(shape, patch: int, exposure_patch: int, spa=False, exposure=False, colour=False) -> _Terms:
-        n, _, H, W = shape
-        P, E = (patch if spa else 1), (exposure_patch if exposure else 1)
-        return _Terms(P, E, H // P, W // P, H // E, W // E, n * (H // P) * (W // P) if spa else 0,
-                      n * (H // E) * (W // E) if exposure else 0, 3 * n if colour else 0)
+    @property
+    def exp_at(self) -> int:
+        return self.spa
+
+    @property
+    def col_at(self) -> int:
+        return self.spa + self.exposure
+
+
+@functools.lru_cache(maxsize=256)
+def _terms(shape: torch.Size, patch: int, exposure_patch: int, spa: bool, exposure: bool, colour: bool) -> _Terms:
+    n, _, H, W = shape
+    P, E = (patch if spa else 1), (exposure_patch if exposure else 1)
+    ph, pw, eh, ew = H // P, W // P, H // E, W // E
+    rows = H if colour else max(ph * P if spa else 0, eh * E if exposure else 0)
+    bh, bw = _SPA_TILE
+    spa_parts = n * cdiv(ph, bh) * cdiv(pw, bw) if spa else 0
+    delta_at = 1 + spa_parts
+    part_at = delta_at + (n * ph * pw if spa else 0)
+    most = max(math.prod(_pool_tiles(c.kwargs, rows, W, P, E)) for c in _zrl_pool.configs)
+    return _Terms(P, E, ph, pw, n * ph * pw if spa else 0, n * eh * ew if exposure else 0, 3 * n if colour else 0,
+                  rows, spa_parts, delta_at, part_at, part_at + n * most * 4)
 
 
 def _pool_tiles(meta: dict, rows: int, W: int, P: int, E: int) -> tuple[int, int]:
@@ -319,46 +389,40 @@ def _pool_tiles(meta: dict, rows: int, W: int, P: int, E: int) -> tuple[int, int
     return cdiv(rows, _whole.fn(meta["TILE_H"], unit)), cdiv(W, _whole.fn(meta["TILE_W"], unit))
 
 
-def _losses(y: torch.Tensor, i: torch.Tensor | None, patch: int, level: float, exposure_patch: int, **on):
-    """(spa, exp, col, pooled_grads) for the terms switched on in ``on``: the losses 0-d in y's dtype
-    (None where off); pooled_grads float64, the parts of the terms that are on."""
+@functools.lru_cache(maxsize=64)
+def _split(level: float) -> tuple[float, float]:
+    """A float argument is float32: level goes as two, whose sum keeps ~48 bits for float64."""
+    hi = float(np.float32(level))
+    return hi, float(level - hi)
+
+
+def _losses(y: torch.Tensor, i: torch.Tensor | None, patch: int, level: float, exposure_patch: int,
+            spa=False, exposure=False, colour=False):
+    """(spa, exp, col, pooled_grads) for the terms switched on: the losses 0-d in y's dtype (None
+    where off); pooled_grads float64, the parts of the terms that are on."""
     y = y.contiguous()
     n, _, H, W = y.shape
-    t = _Terms.of(y.shape, patch, exposure_patch, **on)
-    spa, exposure, colour = bool(t.spa), bool(t.exposure), bool(t.colour)
-    opts = dict(device=y.device)
-    pooled = torch.empty(t.spa + t.exposure + t.colour, dtype=torch.float64, **opts)
-    gdelta, gexp, gcol = pooled[:t.spa], pooled[t.spa:t.spa + t.exposure], pooled[t.spa + t.exposure:]
+    t = _terms(y.shape, patch, exposure_patch, spa, exposure, colour)
+    pooled = torch.empty(t.spa + t.exposure + t.colour, dtype=torch.float64, device=y.device)
+    scratch = torch.empty(t.scratch, dtype=torch.float64, device=y.device)
     compute = _compute(y.dtype)
-    # the rows the terms read: the colour sums need every row, the pooled maps whole patches only
-    rows = H if colour else max(t.ph * t.P if spa else 0, t.eh * t.E if exposure else 0)
-    most = max(math.prod(_pool_tiles(c.kwargs, rows, W, t.P, t.E)) for c in _zrl_pool.configs)
-    part = torch.empty((n * most, 4), dtype=torch.float64, **opts)
-    tiles = torch.empty(1, dtype=torch.int32, **opts)
-    delta = torch.empty(t.spa, dtype=torch.float64 if compute == tl.float64 else torch.float32, **opts)
-    # a float argument is float32: level goes as two, whose sum keeps ~48 bits for float64
-    level_hi = float(np.float32(level))
-    level_lo = float(level - level_hi)
 
     def grid(meta):
-        bands, col_tiles = _pool_tiles(meta, rows, W, t.P, t.E)
+        bands, col_tiles = _pool_tiles(meta, t.rows, W, t.P, t.E)
         return n * bands, col_tiles
 
-    # pointers a term that is off would use point at pooled: its constexpr switch keeps them unread
-    launch(_zrl_pool, grid, y, y if i is None else i.contiguous(), delta if spa else pooled,
-           gexp if exposure else pooled, part, tiles, n, H, W, rows, t.ph, t.pw, t.eh, t.ew, level_hi, level_lo,
-           P=t.P, E=t.E, SPA=spa, EXPOSURE=exposure, COLOUR=colour, COMPUTE=compute)
-    spa_parts, spa_part = 0, pooled
+    launch(_zrl_pool, grid, y, y if i is None else i.contiguous(), pooled, scratch, n, H, W, t.rows, t.exp_at,
+           t.delta_at, t.part_at, *_split(level), P=t.P, E=t.E, SPA=spa, EXPOSURE=exposure, COLOUR=colour,
+           COMPUTE=compute)
     if spa:
         bh, bw = _SPA_TILE
-        spa_parts = n * cdiv(t.ph, bh) * cdiv(t.pw, bw)
-        spa_part = torch.empty(spa_parts, dtype=torch.float64, **opts)
-        launch(_spa_map, (spa_parts,), delta, gdelta, spa_part, n, t.ph, t.pw, P=t.P, BLOCK_H=bh, BLOCK_W=bw)
-    out = [torch.empty((), dtype=y.dtype, **opts) if flag else None for flag in (spa, exposure, colour)]
-    some = next(o for o in out if o is not None)
-    launch(_zrl_finish, (1,), spa_part, spa_parts, part, tiles, gcol if colour else pooled,
-           *(some if o is None else o for o in out), n, H, W, t.ph, t.pw, t.eh, t.ew, SPA=spa, EXPOSURE=exposure,
-           COLOUR=colour, COMPUTE=compute, BLOCK=_FINISH_BLOCK)
+        launch(_spa_map, (t.spa_parts,), scratch, pooled, n, H, W, t.delta_at, P=t.P, COMPUTE=compute,
+               BLOCK_H=bh, BLOCK_W=bw)
+    out = [torch.empty((), dtype=y.dtype, device=y.device) if flag else None for flag in (spa, exposure, colour)]
+    some = next(o for o in out if o is not None)  # (a term that is off writes nothing)
+    launch(_zrl_finish, (1,), scratch, pooled, *(some if o is None else o for o in out), n, H, W, t.spa_parts,
+           t.col_at, t.part_at, P=t.P, E=t.E, SPA=spa, EXPOSURE=exposure, COLOUR=colour, COMPUTE=compute,
+           BLOCK=_FINISH_BLOCK, IMAGES=_FINISH_IMAGES, TILES=_FINISH_TILES, num_warps=8)
     return (*out, pooled)
 
 
@@ -367,16 +431,15 @@ def _spread(like: torch.Tensor, pooled: torch.Tensor, g_spa, g_exp, g_col, patch
     """dL/dy (and dL/di: minus the spa part) from pooled gradients and the upstream gradients of the
     terms that are on (not None)."""
     n, _, H, W = like.shape
-    t = _Terms.of(like.shape, patch, exposure_patch, g_spa is not None, g_exp is not None, g_col is not None)
+    t = _terms(like.shape, patch, exposure_patch, g_spa is not None, g_exp is not None, g_col is not None)
     if pooled.numel() != t.spa + t.exposure + t.colour:
         raise ValueError("sgllie.kernels: pooled_grads does not match y and the patches")
     pooled = pooled.contiguous().to(torch.float64)
     gy = torch.empty(like.shape, dtype=like.dtype, device=like.device)
     gi = torch.empty(like.shape, dtype=like.dtype, device=like.device) if need_gi else gy
     grid = lambda meta: (n * cdiv(H, meta["BLOCK_H"]), cdiv(W, meta["BLOCK_W"]))  # noqa: E731
-    launch(_zrl_spread, grid, *(pooled if g is None else g for g in (g_spa, g_exp, g_col)), pooled,
-           pooled[t.spa:] if t.exposure else pooled, pooled[t.spa + t.exposure:] if t.colour else pooled, gy, gi,
-           H, W, t.ph, t.pw, t.eh, t.ew, P=t.P, E=t.E, SPA=bool(t.spa), EXPOSURE=bool(t.exposure),
+    launch(_zrl_spread, grid, *(pooled if g is None else g for g in (g_spa, g_exp, g_col)), pooled, gy, gi,
+           H, W, t.exp_at, t.col_at, P=t.P, E=t.E, SPA=bool(t.spa), EXPOSURE=bool(t.exposure),
            COLOUR=bool(t.colour), NEED_GI=need_gi, COMPUTE=_compute(like.dtype))
     return gy, (gi if need_gi else None)
 

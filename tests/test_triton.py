@@ -74,6 +74,21 @@ def test_deterministic(op):
         assert torch.equal(a, b), op
 
 
+def test_zero_reference_loss_partials_in_blocks(monkeypatch):
+    """The forward's finish sums the pool's partials in [images, tiles] blocks: blocks smaller than
+    the batch and the tiles per image (one of each partly filled), so that every loop runs more
+    than once: 3 images of 3 x 3 pool tiles (64 x 16 pixel tiles, config 0), blocks of 2 x 2."""
+    from sgllie.kernels import losses
+    from sgllie.kernels._runtime import use_config
+    monkeypatch.setattr(losses, "_FINISH_IMAGES", 2)
+    monkeypatch.setattr(losses, "_FINISH_TILES", 2)
+    device = triton_device()
+    inputs = [rand(device, torch.float32, 3, 3, 40, 150), rand(device, torch.float32, 3, 3, 40, 150) * 0.3]
+    with use_config(0):
+        got = outputs_and_grads(lambda a, b: ops.zero_reference_loss(a, b, backend="triton"), inputs)
+    assert_close(got, truth(reference.zero_reference_loss, inputs), torch.float32, "zero_reference_loss")
+
+
 def _dsconv2d_skip_case(device, dtype, n, h, w, c1=16, c2=16, o=32):
     """x and x2 of c1 and c2 channels (by default 16 each: whole chunks), and c1 + c2 -> o parameters."""
     x, x2 = (rand(device, dtype, n, c, h, w) for c in (c1, c2))
