@@ -303,6 +303,8 @@ def test_auto_times_the_gpu_backends_once_per_shape_class(monkeypatch):
     assert b.fastest("tv_loss", ("k",), run) == "cuda"
     x, y = torch.rand(2, 3, 30, 40), torch.rand(2, 3, 17, 30)
     assert b.shape_class(x) == b.shape_class(torch.rand(2, 3, 40, 30)) != b.shape_class(y)
+    # the backends read the layouts differently (the CUDA kernels copy channels-last to NCHW)
+    assert b.shape_class(x.contiguous(memory_format=torch.channels_last)) != b.shape_class(x)
 
 
 def test_only_auto_is_timed(monkeypatch):

@@ -179,8 +179,11 @@ _fastest: dict[tuple, str] = {}
 
 
 def shape_class(t: torch.Tensor) -> tuple:
-    """What a timing is valid for: dtype, batch, channels, and H*W rounded up to a power of two."""
-    return str(t.dtype), t.shape[0], t.shape[1], 1 << max(t.shape[-2] * t.shape[-1] - 1, 0).bit_length()
+    """What a timing is valid for: dtype, batch, channels, H*W rounded up to a power of two, and the
+    layout (the Triton kernels read channels-last activations in place, the CUDA ones copy them)."""
+    last = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return (str(t.dtype), t.shape[0], t.shape[1], 1 << max(t.shape[-2] * t.shape[-1] - 1, 0).bit_length(),
+            "channels_last" if last else "contiguous")
 
 
 def fastest(op: str, key: tuple, run) -> str:
