@@ -14,7 +14,8 @@ zero_reference_loss forward:
 The forward's scratch (tile count, partials, delta) is one buffer, its parts found by offset.
 Backward (_zrl_spread): one write of dL/dy (and dL/di) from pooled_grads; y and i are not read.
 
-tv_loss: forward one read of r into per-program partials (_tv_fwd, then _sum_finish); backward one
+tv_loss: forward one read of r into per-program partials (_tv_fwd, then _sum_finish; the count and the
+partials in one scratch buffer, as the zero_reference_loss forward's); backward one
 read of r and one write of dL/dr (_tv_bwd).
 
 The single losses run the same kernels with the other terms switched off (constexprs), so they read
@@ -80,6 +81,12 @@ def _record_tiles(tiles_ptr, tiles):
 
 
 @triton.jit
+def _tile_count(scratch_ptr):
+    """A scratch buffer's first float64 slot, as the int32 count of the partials (_record_tiles)."""
+    return scratch_ptr.to(tl.pointer_type(tl.int32))
+
+
+@triton.jit
 def _sum(ptr, count, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
     """sum of ptr[k * STRIDE] for k < count in float64, always in the same order."""
     offs = tl.arange(0, BLOCK)
@@ -92,11 +99,6 @@ def _sum(ptr, count, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
 # ----------------------------------------------------------------------------- zero_reference_loss
 # The forward's scratch, one float64 buffer (one allocation, no views: the kernels take offsets):
 # [the pool's tile count (int32) | the spa map's partials | delta | the pool's partials]
-@triton.jit
-def _tile_count(scratch_ptr):
-    return scratch_ptr.to(tl.pointer_type(tl.int32))
-
-
 @triton.jit
 def _spa_partials(scratch_ptr):
     return scratch_ptr + 1
@@ -328,8 +330,10 @@ def _zrl_spread(gs_ptr, ge_ptr, gc_ptr, pooled_ptr, gy_ptr, gi_ptr, H, W, exp_at
 
 
 @triton.jit
-def _sum_finish(part_ptr, count_ptr, out_ptr, divisor, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
-    tl.store(out_ptr, (_sum(part_ptr, tl.load(count_ptr), 1, BLOCK) / _f64(divisor)).to(COMPUTE))
+def _sum_finish(scratch_ptr, out_ptr, divisor, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+    """The partials of scratch [count (int32) | partials] summed in a fixed order, / divisor."""
+    count = tl.load(_tile_count(scratch_ptr))
+    tl.store(out_ptr, (_sum(scratch_ptr + 1, count, 1, BLOCK) / _f64(divisor)).to(COMPUTE))
 
 
 def _compute(dtype: torch.dtype):
@@ -493,10 +497,11 @@ def color_constancy_loss_backward(grad: torch.Tensor, y: torch.Tensor):
 # ----------------------------------------------------------------------------- tv_loss
 @autotune(_TV_CONFIGS, key=["H", "W"])
 @triton.jit
-def _tv_fwd(r_ptr, part_ptr, tiles_ptr, H, W, COMPUTE: tl.constexpr, BLOCK_W: tl.constexpr, BAND: tl.constexpr):
-    """Per program (a band of rows of one plane x a column tile): its share of the loss before / n."""
+def _tv_fwd(r_ptr, scratch_ptr, H, W, COMPUTE: tl.constexpr, BLOCK_W: tl.constexpr, BAND: tl.constexpr):
+    """Per program (a band of rows of one plane x a column tile): its share of the loss before / n,
+    into scratch [count | partials] (_sum_finish)."""
     bands = tl.cdiv(H, BAND)
-    _record_tiles(tiles_ptr, tl.num_programs(0) * tl.num_programs(1))
+    _record_tiles(_tile_count(scratch_ptr), tl.num_programs(0) * tl.num_programs(1))
     plane, r0 = tl.program_id(0) // bands, (tl.program_id(0) % bands) * BAND
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     inside, has_right = cols < W, cols + 1 < W
@@ -513,7 +518,7 @@ def _tv_fwd(r_ptr, part_ptr, tiles_ptr, H, W, COMPUTE: tl.constexpr, BLOCK_W: tl
         sum_h += tl.where(below, (nxt - cur) * (nxt - cur), 0.0)
         cur = nxt
     share = 2.0 * _f64(tl.sum(sum_h, 0)) / (_f64(H - 1) * W) + 2.0 * _f64(tl.sum(sum_w, 0)) / (_f64(H) * (W - 1))
-    tl.store(part_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), share)
+    tl.store(scratch_ptr + 1 + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), share)
 
 
 @autotune(_TV_CONFIGS, key=["H", "W"])
@@ -550,12 +555,11 @@ def tv_loss(r: torch.Tensor) -> torch.Tensor:
     n, c, H, W = r.shape
     most = max(n * c * cdiv(H, cfg.kwargs["BAND"]) * cdiv(W, cfg.kwargs["BLOCK_W"])
                for cfg in _tv_fwd.configs)
-    part = torch.empty(most, dtype=torch.float64, device=r.device)
-    tiles = torch.empty(1, dtype=torch.int32, device=r.device)
+    scratch = torch.empty(1 + most, dtype=torch.float64, device=r.device)
     grid = lambda meta: (n * c * cdiv(H, meta["BAND"]), cdiv(W, meta["BLOCK_W"]))  # noqa: E731
-    launch(_tv_fwd, grid, r, part, tiles, H, W, COMPUTE=_compute(r.dtype))
+    launch(_tv_fwd, grid, r, scratch, H, W, COMPUTE=_compute(r.dtype))
     out = torch.empty((), dtype=r.dtype, device=r.device)
-    launch(_sum_finish, (1,), part, tiles, out, n, COMPUTE=_compute(r.dtype), BLOCK=_FINISH_BLOCK)
+    launch(_sum_finish, (1,), scratch, out, n, COMPUTE=_compute(r.dtype), BLOCK=_FINISH_BLOCK)
     return out
 
 

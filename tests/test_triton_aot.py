@@ -138,7 +138,7 @@ def test_dry_run_specialises_as_the_jit():
     if _backends.triton_interpreting():
         pytest.skip("records compiled launches: run without TRITON_INTERPRET")
     spec = _tv_forward(torch.rand(3 * 17 * 32 + 1)[1:].view(1, 3, 17, 32))  # 4 bytes past an aligned start
-    assert {"part_ptr", "W"} <= set(spec.aligned) and not {"r_ptr", "H"} & set(spec.aligned), spec.aligned
+    assert {"scratch_ptr", "W"} <= set(spec.aligned) and not {"r_ptr", "H"} & set(spec.aligned), spec.aligned
     assert spec.attrs[(spec.kernel.arg_names.index("W"),)] == [["tt.divisibility", 16]]
     one_row = _tv_forward(torch.rand(1, 3, 1, 32))
     assert dict(one_row.signature)["H"] == "constexpr" and dict(one_row.constexprs)["H"] == 1
@@ -176,7 +176,7 @@ def test_fp_fusion_stays_on_whatever_tritons_default(monkeypatch):
     monkeypatch.setattr(losses._sum_finish, "run", lambda *args, **kwargs: asked.update(kwargs))
     from sgllie.kernels._stub_driver import stub_driver  # a launch asks the driver for the device first
     with contextlib.nullcontext() if torch.cuda.is_available() else stub_driver():
-        _runtime.launch(losses._sum_finish, (1,), torch.zeros(4), torch.zeros(1), torch.zeros(()), 1.0,
+        _runtime.launch(losses._sum_finish, (1,), torch.zeros(4, dtype=torch.float64), torch.zeros(()), 1.0,
                         COMPUTE=tl.float32, BLOCK=16)
     assert asked["enable_fp_fusion"] is True, asked
     assert triton_aot.compile_for(_tv_forward(torch.rand(1, 3, 17, 32)), 90).metadata.enable_fp_fusion
