@@ -229,7 +229,9 @@ def _record(fn: triton.runtime.JITFunction, args: tuple, kwargs: dict, configs: 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
     """``kernel[grid](*args, **kwargs)``: counted and, under the interpreter, with one config of an
-    autotuned kernel; only recorded inside dry_run()."""
+    autotuned kernel; only recorded inside dry_run(). A callable grid reads the config's values
+    only (``meta["BLOCK_W"]``; sizes from its closure): sgllie's path passes it those, not the
+    arguments too, as Triton does (a dict of every argument costs ~1.5 us a launch)."""
     tuned = isinstance(kernel, triton.runtime.Autotuner)
     fn = kernel.fn if tuned else kernel
     if not tuned:  # Triton's defaults, explicit so that a dry run records what the JIT would build
@@ -300,7 +302,7 @@ def _launch_compiled(kernel, tuned: bool, fn, grid, args: tuple, kwargs: dict) -
             _compiled[key] = _Compiled(compiled, meta, tuple(meta[name] for name in params.names[len(args):]))
         return
     if callable(grid):
-        grid = grid(dict(zip(params.names, args)) | found.meta)
+        grid = grid(found.meta)
     found.kernel[(*grid, 1, 1)[:3]](*args, *found.tail)
 
 
