@@ -87,6 +87,12 @@ def _tile_count(scratch_ptr):
 
 
 @triton.jit
+def _partials(scratch_ptr):
+    """A scratch buffer's partials, after its count (_tile_count)."""
+    return scratch_ptr + 1
+
+
+@triton.jit
 def _sum(ptr, count, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
     """sum of ptr[k * STRIDE] for k < count in float64, always in the same order."""
     offs = tl.arange(0, BLOCK)
@@ -98,12 +104,7 @@ def _sum(ptr, count, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
 
 # ----------------------------------------------------------------------------- zero_reference_loss
 # The forward's scratch, one float64 buffer (one allocation, no views: the kernels take offsets):
-# [the pool's tile count (int32) | the spa map's partials | delta | the pool's partials]
-@triton.jit
-def _spa_partials(scratch_ptr):
-    return scratch_ptr + 1
-
-
+# [the pool's tile count (int32) | the spa map's partials (_partials) | delta | the pool's partials]
 @triton.jit
 def _delta(scratch_ptr, delta_at, COMPUTE: tl.constexpr):
     """delta, the grey patch sums of y - i, in COMPUTE's type (a float64 slot a value: float32 uses half)."""
@@ -210,7 +211,7 @@ def _spa_neighbour(base, rr, cc, ph, pw, delta, e, near, weight_in, DY: tl.const
 def _spa_map(scratch_ptr, gdelta_ptr, n, H, W, delta_at, P: tl.constexpr, COMPUTE: tl.constexpr,
              BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     ph, pw = H // P, W // P
-    delta_ptr, part_ptr = _delta(scratch_ptr, delta_at, COMPUTE), _spa_partials(scratch_ptr)
+    delta_ptr, part_ptr = _delta(scratch_ptr, delta_at, COMPUTE), _partials(scratch_ptr)
     pid = tl.program_id(0)
     tiles_w = tl.cdiv(pw, BLOCK_W)
     per_image = tl.cdiv(ph, BLOCK_H) * tiles_w
@@ -248,7 +249,7 @@ def _zrl_finish(scratch_ptr, pooled_ptr, spa_ptr, exp_ptr, col_ptr, n, H, W, spa
     gcol_ptr, part_ptr = pooled_ptr + col_at, scratch_ptr + part_at
     # the losses leave through COMPUTE: float64 -> bfloat16 is no conversion every target has
     if SPA:
-        tl.store(spa_ptr, (_sum(_spa_partials(scratch_ptr), spa_parts, 1, BLOCK) / (_f64(n) * ph * pw)).to(COMPUTE))
+        tl.store(spa_ptr, (_sum(_partials(scratch_ptr), spa_parts, 1, BLOCK) / (_f64(n) * ph * pw)).to(COMPUTE))
     if EXPOSURE or COLOUR:
         # the pool's partials as [images, tiles] blocks: IMAGES images' sums load together, where one
         # image's after another made a chain of dependent loads (14 us of one program, H100, batch 8)
@@ -333,7 +334,7 @@ def _zrl_spread(gs_ptr, ge_ptr, gc_ptr, pooled_ptr, gy_ptr, gi_ptr, H, W, exp_at
 def _sum_finish(scratch_ptr, out_ptr, divisor, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     """The partials of scratch [count (int32) | partials] summed in a fixed order, / divisor."""
     count = tl.load(_tile_count(scratch_ptr))
-    tl.store(out_ptr, (_sum(scratch_ptr + 1, count, 1, BLOCK) / _f64(divisor)).to(COMPUTE))
+    tl.store(out_ptr, (_sum(_partials(scratch_ptr), count, 1, BLOCK) / _f64(divisor)).to(COMPUTE))
 
 
 def _compute(dtype: torch.dtype):
@@ -351,8 +352,6 @@ class _Terms(NamedTuple):
     the same for every call of a shape (``_terms`` caches them: they cost microseconds a call)."""
     P: int
     E: int
-    ph: int
-    pw: int
     spa: int        # sizes of pooled_grads' three parts
     exposure: int
     colour: int
@@ -382,7 +381,7 @@ def _terms(shape: torch.Size, patch: int, exposure_patch: int, spa: bool, exposu
     delta_at = 1 + spa_parts
     part_at = delta_at + (n * ph * pw if spa else 0)
     most = max(math.prod(_pool_tiles(c.kwargs, rows, W, P, E)) for c in _zrl_pool.configs)
-    return _Terms(P, E, ph, pw, n * ph * pw if spa else 0, n * eh * ew if exposure else 0, 3 * n if colour else 0,
+    return _Terms(P, E, n * ph * pw if spa else 0, n * eh * ew if exposure else 0, 3 * n if colour else 0,
                   rows, spa_parts, delta_at, part_at, part_at + n * most * 4)
 
 
@@ -518,7 +517,7 @@ def _tv_fwd(r_ptr, scratch_ptr, H, W, COMPUTE: tl.constexpr, BLOCK_W: tl.constex
         sum_h += tl.where(below, (nxt - cur) * (nxt - cur), 0.0)
         cur = nxt
     share = 2.0 * _f64(tl.sum(sum_h, 0)) / (_f64(H - 1) * W) + 2.0 * _f64(tl.sum(sum_w, 0)) / (_f64(H) * (W - 1))
-    tl.store(scratch_ptr + 1 + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), share)
+    tl.store(_partials(scratch_ptr) + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), share)
 
 
 @autotune(_TV_CONFIGS, key=["H", "W"])
