@@ -518,13 +518,13 @@ class Trainer:
             dist.all_reduce(values)
             values /= self.ctx.world
         values = values.tolist()
-        if not all(map(math.isfinite, values)):
-            raise Diverged(f"the loss is not finite at step {self.step + 1} ({dict(zip(['total', *parts], values))}): "
-                           "training diverged; continue from the last snapshot with --resume and a lower --lr "
-                           "or --grad_clip_norm")
         row = dict.fromkeys(COMPONENTS)
         row.update(zip(parts, values[1:]))
         row["total"] = values[0]
+        if not all(map(math.isfinite, values)):
+            logged = {k: v for k, v in row.items() if v is not None}
+            raise Diverged(f"the loss is not finite at step {self.step + 1} ({logged}): training diverged; "
+                           "continue from the last snapshot with --resume and a lower --lr or --grad_clip_norm")
         return row
 
     def _snapshot(self, epoch: int) -> None:
