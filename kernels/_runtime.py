@@ -40,6 +40,10 @@ from sgllie.ops import _backends
 # with; Triton 3.9 warns that 3.10 will turn it off by default (more instructions, other roundings).
 COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
+# Whether the kernels run in Triton's interpreter: read at import, as Triton reads it when the kernels'
+# modules decorate them (~0.4 us an environment lookup, twice a launch)
+_INTERPRETING = _backends.triton_interpreting()
+
 
 @dataclass(frozen=True)
 class Specialisation:
@@ -244,10 +248,10 @@ def launch(kernel, grid, *args, **kwargs) -> None:
                 triton.Config({}, num_warps=kwargs["num_warps"], num_stages=kwargs["num_stages"])])
         return
     forced = _forced_config.get()
-    if tuned and (forced is not None or _backends.triton_interpreting()):
+    if tuned and (forced is not None or _INTERPRETING):
         config = kernel.configs[(forced or 0) % len(kernel.configs)]
         kernel, tuned, kwargs = fn, False, kwargs | config.all_kwargs()
-    if not _backends.triton_interpreting():
+    if not _INTERPRETING:
         _launch_compiled(kernel, tuned, fn, grid, args, kwargs)
         return
     from . import _counting  # noqa: PLC0415  (bytes are counted under the interpreter only)
@@ -255,26 +259,54 @@ def launch(kernel, grid, *args, **kwargs) -> None:
         kernel[grid](*args, **kwargs)
 
 
-@dataclass(frozen=True)
-class _Params:
-    """A kernel's parameter names and defaults, and per parameter what a launch is specialised on:
-    its exact value (a constexpr, or a key of the autotuner's choice), else what Triton's JIT
-    specialises it on (_specialiser)."""
-    names: tuple[str, ...]
-    key_of: tuple  # per parameter: value -> what the launch's build depends on
-    defaults: dict
+class _Shortcut:
+    """One kernel's way past Triton's launch path: its builds by specialisation (see the module's
+    docstring). A launch's key is what its build depends on: the device, the keyword arguments, and
+    per positional argument its exact value (a constexpr, or a key of the autotuner's choice), else
+    what Triton's JIT specialises it on (_specialiser)."""
 
-    @staticmethod
-    def of(kernel, fn) -> _Params:
-        tuning = set(getattr(kernel, "keys", ()))
-        return _Params(tuple(fn.arg_names),
-                       tuple(_same if p.is_constexpr or p.name in tuning else _specialise_as(p)
-                             for p in fn.params),
-                       {p.name: p.default for p in fn.params if p.default is not inspect.Parameter.empty})
+    def __init__(self, kernel, fn):
+        self.kernel, self.fn = kernel, fn  # (the kernel kept: _shortcuts is keyed by its id)
+        self.names = tuple(fn.arg_names)
+        self.defaults = {p.name: p.default for p in fn.params if p.default is not inspect.Parameter.empty}
+        self.compiled: dict[tuple, _Compiled] = {}
+        self._keys: dict[int, object] = {}  # positional count -> its key function
+
+    def keys(self, count: int):
+        """args -> the positional arguments' keys, as one generated function (a loop over per-argument
+        functions costs twice as much: ~1 us a launch of a dozen arguments)."""
+        found = self._keys.get(count)
+        if found is None:
+            found = self._keys[count] = _key_function(self.kernel, self.fn.params[:count])
+        return found
 
 
-def _same(value):
-    return value
+def _key_function(kernel, params):
+    """``(*args) -> tuple`` of each argument's key (_Shortcut): Triton's native specialisation
+    written out inline where this Triton has one (>= 3.6), else a call of _specialise_as's per
+    argument."""
+    from triton.runtime import jit  # noqa: PLC0415
+
+    tuning = set(getattr(kernel, "keys", ()))
+    native = getattr(jit, "native_specialize_impl", None)
+    namespace, keys = {"native": native, "backend": _backend_class()}, []
+    for j, param in enumerate(params):
+        if param.is_constexpr or param.name in tuning:
+            keys.append(f"a{j}")
+        elif native is not None:
+            keys.append(f"native(backend, a{j}, False, {not param.do_not_specialize}, "
+                        f"{not param.do_not_specialize_on_alignment})")
+        else:
+            namespace[f"key{j}"] = _specialise_as(param)
+            keys.append(f"key{j}(a{j})")
+    arguments = ", ".join(f"a{j}" for j in range(len(params)))
+    exec(f"def keys({arguments}):\n    return ({''.join(k + ', ' for k in keys)})", namespace)  # noqa: S102
+    return namespace["keys"]
+
+
+def _backend_class():
+    from triton.backends.compiler import BaseBackend  # noqa: PLC0415
+    return BaseBackend
 
 
 @dataclass(frozen=True)
@@ -284,22 +316,20 @@ class _Compiled:
     tail: tuple        # ... their values in the kernel's order, after the positional ones
 
 
-# (kernel, device, keyword arguments, each positional argument's key) -> _Compiled
-_compiled: dict[tuple, _Compiled] = {}
-_params: dict[object, _Params] = {}
+_shortcuts: dict[int, _Shortcut] = {}  # id(kernel) -> its shortcut (a JITFunction's own hash is Python: ~0.3 us)
 
 
 def _launch_compiled(kernel, tuned: bool, fn, grid, args: tuple, kwargs: dict) -> None:
     """``kernel[grid](*args, **kwargs)``, through Triton's launch path only the first time for a
     specialisation (see the module's docstring)."""
-    params = _params.get(kernel) or _params.setdefault(kernel, _Params.of(kernel, fn))
-    key = (kernel, _current_device(), *kwargs.items(), *[k(a) for k, a in zip(params.key_of, args)])
-    found = None if _through_triton.get() else _compiled.get(key)
+    shortcut = _shortcuts.get(id(kernel)) or _shortcuts.setdefault(id(kernel), _Shortcut(kernel, fn))
+    key = (_current_device(), *kwargs.items(), *shortcut.keys(len(args))(*args))
+    found = None if _through_triton.get() else shortcut.compiled.get(key)
     if found is None:
         compiled = kernel[grid](*args, **kwargs)
         if isinstance(compiled, CompiledKernel) and not (tuned and _has_hooks(kernel)):
-            meta = params.defaults | kwargs | (kernel.best_config.kwargs if tuned else {})
-            _compiled[key] = _Compiled(compiled, meta, tuple(meta[name] for name in params.names[len(args):]))
+            meta = shortcut.defaults | kwargs | (kernel.best_config.kwargs if tuned else {})
+            shortcut.compiled[key] = _Compiled(compiled, meta, tuple(meta[name] for name in shortcut.names[len(args):]))
         return
     if callable(grid):
         grid = grid(found.meta)
