@@ -40,10 +40,6 @@ from sgllie.ops import _backends
 # with; Triton 3.9 warns that 3.10 will turn it off by default (more instructions, other roundings).
 COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
-# Whether the kernels run in Triton's interpreter: read at import, as Triton reads it when the kernels'
-# modules decorate them (~0.4 us an environment lookup, twice a launch)
-_INTERPRETING = _backends.triton_interpreting()
-
 
 @dataclass(frozen=True)
 class Specialisation:
@@ -248,10 +244,10 @@ def launch(kernel, grid, *args, **kwargs) -> None:
                 triton.Config({}, num_warps=kwargs["num_warps"], num_stages=kwargs["num_stages"])])
         return
     forced = _forced_config.get()
-    if tuned and (forced is not None or _INTERPRETING):
+    if tuned and (forced is not None or _backends.triton_interpreting()):
         config = kernel.configs[(forced or 0) % len(kernel.configs)]
         kernel, tuned, kwargs = fn, False, kwargs | config.all_kwargs()
-    if not _INTERPRETING:
+    if not _backends.triton_interpreting():
         _launch_compiled(kernel, tuned, fn, grid, args, kwargs)
         return
     from . import _counting  # noqa: PLC0415  (bytes are counted under the interpreter only)
