@@ -131,6 +131,14 @@ def _rows():
 
     yield Row("EnhanceNet(scale 12).enhance 72x48", "sgllie (triton)", lambda: infer("triton"))
     yield Row("EnhanceNet(scale 12).enhance 72x48", "eager PyTorch", lambda: infer("reference"), triton=False)
+    # GraphedEnhance's Python a frame besides its network's replay (stood in by the map a replay
+    # returns): the check, the downscale, the curve. StaticEnhance's frame is the replay alone.
+    from sgllie.graphs import GraphedEnhance  # noqa: PLC0415
+
+    graphed, replayed = GraphedEnhance(inference, backend="triton"), torch.rand(1, 3, 4, 6) * 2 - 1
+    graphed._factor_network = lambda x_down: replayed
+    yield Row("EnhanceNet(scale 12).enhance 72x48", "GraphedEnhance (triton), besides the replay",
+              lambda: graphed(frame))
     # (no eager row: the CPU's convolutions would be most of its time)
     yield Row("training step (sem=0) 2x3x32x32", "sgllie (triton)", lambda: train_step("triton"))
 

@@ -8,7 +8,7 @@ import torch
 
 import sgllie
 from sgllie import graphs
-from sgllie.graphs import GraphedEnhance
+from sgllie.graphs import GraphedEnhance, StaticEnhance
 from sgllie.video import TemporalSmoother
 from conftest import assert_close
 
@@ -99,3 +99,95 @@ def test_graphed_enhance_rejects_a_bad_frame():
     enhance = GraphedEnhance(sgllie.EnhanceNet(scale_factor=4).eval())
     with pytest.raises(ValueError, match="GraphedEnhance: x must have 3 channels"):
         enhance(torch.rand(1, 4, 16, 16))
+
+
+# ----------------------------------------------------------------------------- StaticEnhance
+class _Replayed:
+    """A CPU stand-in for a captured graph of ``fn``: each replay recomputes it into the output buffer."""
+    captures: list = []
+
+    def __init__(self, fn):
+        self.fn, self.output = fn, fn()
+
+    def replay(self):
+        self.output.copy_(self.fn())
+
+
+def _stand_in_captured(fn, device, warmup):
+    graph = _Replayed(fn)
+    _Replayed.captures.append((tuple(graph.output.shape), device.type, warmup))
+    return graph, graph.output
+
+
+@pytest.fixture
+def stand_in_capture(monkeypatch):
+    _Replayed.captures = []
+    monkeypatch.setattr(graphs, "_capturable", lambda x: True)
+    monkeypatch.setattr(graphs, "_captured", _stand_in_captured)
+    return _Replayed.captures
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_enhance_matches_the_model_in_its_fixed_buffers(device):
+    """Plain on the CPU, captured on CUDA: each frame written into ``input`` gives ``model.enhance`` of
+    it, in the same ``output`` tensor every call. 50 x 61: padded to multiples of 12 and cropped back."""
+    torch.manual_seed(0)
+    model = sgllie.EnhanceNet(scale_factor=12).to(device).eval()
+    run = StaticEnhance(model, (2, 3, 50, 61), device=device)
+    assert run.input.shape == (2, 3, 50, 61) and run.input.device.type == device
+    for _ in range(3):
+        x = torch.rand(2, 3, 50, 61, device=device)
+        run.input.copy_(x)
+        out = run()
+        assert out is run.output
+        with torch.inference_mode():
+            assert_close(out.clone(), model.enhance(x))
+
+
+def test_static_enhance_replays_the_whole_forward(stand_in_capture):
+    """One capture, of the whole forward on the full-size frame, reading ``input`` at each replay."""
+    torch.manual_seed(0)
+    model = sgllie.EnhanceNet(scale_factor=12).eval()
+    run = StaticEnhance(model, (1, 3, 50, 61), device="cpu", warmup=3)
+    frames = [torch.rand(1, 3, 50, 61) for _ in range(2)]
+    for x in frames:
+        run.input.copy_(x)
+        with torch.inference_mode():
+            assert_close(run().clone(), model.enhance(x))
+    assert stand_in_capture == [((1, 3, 50, 61), "cpu", 3)]
+
+
+def test_static_enhance_falls_back_with_one_warning(monkeypatch):
+    def refuse(fn, device, warmup):
+        raise RuntimeError("no graphs here")
+
+    monkeypatch.setattr(graphs, "_capturable", lambda x: True)
+    monkeypatch.setattr(graphs, "_captured", refuse)
+    model = sgllie.EnhanceNet(scale_factor=4).eval()
+    with pytest.warns(UserWarning, match=r"cannot capture the model for frames \(1, 3, 16, 20\).*no graphs here"):
+        run = StaticEnhance(model, (1, 3, 16, 20), device="cpu")
+    x = torch.rand(1, 3, 16, 20)
+    run.input.copy_(x)
+    with torch.inference_mode():
+        assert_close(run().clone(), model.enhance(x))
+
+
+@pytest.mark.parametrize("shape, dtype, match", [
+    ((1, 4, 16, 16), torch.float32, "shape must be"),
+    ((1, 3, 16), torch.float32, "shape must be"),
+    ((1, 3, 0, 16), torch.float32, "shape must be"),
+    ((1, 3, 16, 16), torch.int64, "dtype must be"),
+])
+def test_static_enhance_rejects_a_bad_shape_or_dtype(shape, dtype, match):
+    with pytest.raises(ValueError, match=f"StaticEnhance: {match}"):
+        StaticEnhance(sgllie.EnhanceNet(scale_factor=4).eval(), shape, dtype, device="cpu")
+
+
+def test_static_enhance_built_in_inference_mode_takes_frames_outside_it():
+    model = sgllie.EnhanceNet(scale_factor=4).eval()
+    with torch.inference_mode():
+        run = StaticEnhance(model, (1, 3, 16, 20))
+    x = torch.rand(1, 3, 16, 20)
+    run.input.copy_(x)  # an inference tensor would refuse this outside inference mode
+    with torch.inference_mode():
+        assert_close(run().clone(), model.enhance(x))

@@ -158,7 +158,7 @@ def test_host_overhead_rows_run_with_nothing_launched_or_recorded():
                 row.call()
             rows.append((row.op, row.layer))
     assert not recorded
-    assert len(rows) == 22 and len(set(rows)) == 22, rows
+    assert len(rows) == 23 and len(set(rows)) == 23, rows
     with _runtime.dry_run() as recorded:
         next(host_overhead._rows()).call()
     assert {s.name for s in recorded} == {"_le_curve_fwd"}
