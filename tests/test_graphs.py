@@ -1,6 +1,7 @@
-"""sgllie.graphs.GraphedEnhance: the same result as model.enhance, frame after frame; plain calls
-where no graph can be captured (CPU tensors here, captured graphs on CUDA). On the CPU a stand-in
-graph, whose buffers every call reuses as a replay does, checks what is captured and what is not."""
+"""sgllie.graphs.GraphedEnhance and StaticEnhance: the same result as model.enhance, frame after frame;
+plain calls where no graph can be captured (CPU tensors here, captured graphs on CUDA). On the CPU a
+stand-in capture, whose replays recompute into the one output buffer as a replay overwrites it,
+checks what is captured and what is not."""
 from __future__ import annotations
 
 import pytest
@@ -41,67 +42,6 @@ def test_uncapturable_model_falls_back_with_one_warning(monkeypatch):
         assert_close(y, model.enhance(x))
 
 
-class _ReusedBuffers:
-    """A CPU stand-in for a captured graph: one input and one output buffer, overwritten by every
-    call as a replay overwrites them."""
-    inputs: list = []
-
-    def __init__(self, model, example, warmup):
-        self.model, self.input = model, example.clone()
-        self.output = model.factor_network(self.input)
-        _ReusedBuffers.inputs.append(tuple(example.shape))
-
-    def __call__(self, x_down):
-        self.input.copy_(x_down)
-        self.output.copy_(self.model.factor_network(self.input))
-        return self.output
-
-
-@pytest.fixture
-def stand_in_graphs(monkeypatch):
-    _ReusedBuffers.inputs = []
-    monkeypatch.setattr(graphs, "_capturable", lambda x: True)
-    monkeypatch.setattr(graphs, "_Graph", _ReusedBuffers)
-    return _ReusedBuffers.inputs
-
-
-def test_only_the_working_resolution_network_is_captured(stand_in_graphs):
-    """The graph takes the downscaled image (the frame itself is never copied into it); outputs
-    are new tensors, not a graph's buffer that the next call overwrites."""
-    torch.manual_seed(0)
-    model = sgllie.EnhanceNet(scale_factor=12).eval()
-    enhance = GraphedEnhance(model)
-    frames = [torch.rand(2, 3, 50, 61) for _ in range(3)]  # padded to 60 x 72 for the network
-    outputs = [enhance(x) for x in frames]
-    assert stand_in_graphs == [(2, 3, 5, 6)], "one capture, of the working-resolution image"
-    with torch.inference_mode():
-        for x, y in zip(frames, outputs):
-            assert_close(y, model.enhance(x))
-
-
-def test_adjust_factor_map_sees_its_own_copy(stand_in_graphs):
-    """A smoother that keeps the previous frame's r (as TemporalSmoother does) keeps it intact while
-    the graph's output buffer is overwritten by the next frame."""
-    torch.manual_seed(0)
-    model = sgllie.EnhanceNet(scale_factor=4).eval()
-    enhance = GraphedEnhance(model)
-    graphed_smoother, plain_smoother = TemporalSmoother(0.3), TemporalSmoother(0.3)
-    for _ in range(3):
-        x = torch.rand(1, 3, 24, 32) * 0.3
-        brightness = [float(x.mean())]
-        y = enhance(x, adjust_factor_map=lambda r: graphed_smoother(r, brightness))
-        with torch.inference_mode():
-            expected = model.enhance(x, adjust_factor_map=lambda r: plain_smoother(r, brightness))
-        assert_close(y, expected)
-
-
-def test_graphed_enhance_rejects_a_bad_frame():
-    enhance = GraphedEnhance(sgllie.EnhanceNet(scale_factor=4).eval())
-    with pytest.raises(ValueError, match="GraphedEnhance: x must have 3 channels"):
-        enhance(torch.rand(1, 4, 16, 16))
-
-
-# ----------------------------------------------------------------------------- StaticEnhance
 class _Replayed:
     """A CPU stand-in for a captured graph of ``fn``: each replay recomputes it into the output buffer."""
     captures: list = []
@@ -127,6 +67,43 @@ def stand_in_capture(monkeypatch):
     return _Replayed.captures
 
 
+def test_only_the_working_resolution_network_is_captured(stand_in_capture):
+    """The graph takes the downscaled image (the frame itself is never copied into it); outputs
+    are new tensors, not a graph's buffer that the next call overwrites."""
+    torch.manual_seed(0)
+    model = sgllie.EnhanceNet(scale_factor=12).eval()
+    enhance = GraphedEnhance(model)
+    frames = [torch.rand(2, 3, 50, 61) for _ in range(3)]  # padded to 60 x 72 for the network
+    outputs = [enhance(x) for x in frames]
+    assert stand_in_capture == [((2, 3, 5, 6), "cpu", 2)], "one capture, of the working-resolution network"
+    with torch.inference_mode():
+        for x, y in zip(frames, outputs):
+            assert_close(y, model.enhance(x))
+
+
+def test_adjust_factor_map_sees_its_own_copy(stand_in_capture):
+    """A smoother that keeps the previous frame's r (as TemporalSmoother does) keeps it intact while
+    the graph's output buffer is overwritten by the next frame."""
+    torch.manual_seed(0)
+    model = sgllie.EnhanceNet(scale_factor=4).eval()
+    enhance = GraphedEnhance(model)
+    graphed_smoother, plain_smoother = TemporalSmoother(0.3), TemporalSmoother(0.3)
+    for _ in range(3):
+        x = torch.rand(1, 3, 24, 32) * 0.3
+        brightness = [float(x.mean())]
+        y = enhance(x, adjust_factor_map=lambda r: graphed_smoother(r, brightness))
+        with torch.inference_mode():
+            expected = model.enhance(x, adjust_factor_map=lambda r: plain_smoother(r, brightness))
+        assert_close(y, expected)
+
+
+def test_graphed_enhance_rejects_a_bad_frame():
+    enhance = GraphedEnhance(sgllie.EnhanceNet(scale_factor=4).eval())
+    with pytest.raises(ValueError, match="GraphedEnhance: x must have 3 channels"):
+        enhance(torch.rand(1, 4, 16, 16))
+
+
+# ----------------------------------------------------------------------------- StaticEnhance
 @pytest.mark.parametrize("device", DEVICES)
 def test_static_enhance_matches_the_model_in_its_fixed_buffers(device):
     """Plain on the CPU, captured on CUDA: each frame written into ``input`` gives ``model.enhance`` of
