@@ -142,8 +142,8 @@ class StaticEnhance:
 
     Write each frame into ``input`` (shape fixed here; dtype and device the model's unless given),
     call, and read ``output``: the same tensor every call, overwritten by the next (clone it to keep
-    it). The replay is the whole forward (downscale, the seven blocks, the curve) with no Python between its kernels.
-    ``backend`` is fixed at capture; the model must not change after it. Frames are not checked for
+    it). The replay is the whole forward (downscale, the seven blocks, the curve) with no Python
+    between its kernels. ``backend`` is fixed at capture; the model must not change after it. Frames are not checked for
     NaN/Inf. Where capture is impossible (CPU tensors, a capture error, reported once) each call
     computes the same result plainly into ``output``.
     """

@@ -4,6 +4,8 @@ stand-in capture, whose replays recompute into the one output buffer as a replay
 checks what is captured and what is not."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -134,19 +136,30 @@ def test_static_enhance_replays_the_whole_forward(stand_in_capture):
     assert stand_in_capture == [((1, 3, 50, 61), "cpu", 3)]
 
 
-def test_static_enhance_falls_back_with_one_warning(monkeypatch):
+def test_a_refused_capture_warns_once_at_the_callers_line_and_runs_plainly(monkeypatch):
     def refuse(fn, device, warmup):
         raise RuntimeError("no graphs here")
 
     monkeypatch.setattr(graphs, "_capturable", lambda x: True)
     monkeypatch.setattr(graphs, "_captured", refuse)
     model = sgllie.EnhanceNet(scale_factor=4).eval()
-    with pytest.warns(UserWarning, match=r"cannot capture the model for frames \(1, 3, 16, 20\).*no graphs here"):
-        run = StaticEnhance(model, (1, 3, 16, 20), device="cpu")
     x = torch.rand(1, 3, 16, 20)
-    run.input.copy_(x)
     with torch.inference_mode():
-        assert_close(run().clone(), model.enhance(x))
+        expected = model.enhance(x)
+    with pytest.warns(UserWarning, match=r"cannot capture the model for frames \(1, 3, 16, 20\).*no graphs here") as w:
+        run = StaticEnhance(model, (1, 3, 16, 20), device="cpu")
+    assert [r.filename for r in w] == [__file__]
+    run.input.copy_(x)
+    assert_close(run().clone(), expected)
+
+    enhance = GraphedEnhance(model)
+    with pytest.warns(UserWarning, match=r"cannot capture the model's network.*no graphs here") as w:
+        assert_close(enhance(x), expected)
+    assert [r.filename for r in w] == [__file__]
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        assert_close(enhance(x), expected)
+    assert not again, "one warning per shape, not per call"
 
 
 @pytest.mark.parametrize("shape, dtype, match", [
