@@ -3,6 +3,8 @@
 --check runs every op on every backend available here against the reference (forward and all
 input gradients, float32, odd shapes, fresh random inputs) on each device present, and prints a
 pass/fail table: the check to run after installing on a new machine. Exit code 1 if any fails.
+On CUDA, per GPU backend, also the model's whole forward captured as a CUDA graph
+(sgllie.graphs.StaticEnhance) against the model run plainly on the reference backend.
 Where the CUDA kernels are available, it also runs each of them once (forward and backward) under
 compute-sanitizer's memcheck and racecheck, when compute-sanitizer is found (PATH or CUDA_HOME).
 """
@@ -14,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -88,7 +91,36 @@ def check(rtol: float = 1e-4, atol: float = 1e-5) -> list[tuple[str, str, str, s
                     rows.append((device.type, backend, name, "pass"))
                 except Exception as e:  # report every failure, keep checking the rest
                     rows.append((device.type, backend, name, f"FAIL: {str(e).splitlines()[0]}"))
+            if device.type == "cuda" and backend != "reference":
+                rows.append(graph_check(device, backend))
     return rows
+
+
+GRAPH_CHECK = "enhance as a CUDA graph (StaticEnhance)"
+
+
+def graph_check(device: torch.device, backend: str, rtol: float = 1e-3, atol: float = 1e-4) -> tuple[str, str, str, str]:
+    """The model's whole forward captured on ``backend`` (a random model; a frame of odd size, so the
+    padding too) against the same model run plainly on the reference backend. A refused capture
+    fails the check: StaticEnhance would compute the same result without one, and say so once."""
+    from .graphs import StaticEnhance  # noqa: PLC0415
+    from .model import EnhanceNet  # noqa: PLC0415
+
+    try:
+        model = EnhanceNet(scale_factor=4).to(device).eval()
+        x = torch.rand(1, 3, 37, 50, device=device)
+        with warnings.catch_warnings(record=True) as refused:
+            warnings.simplefilter("always")
+            run = StaticEnhance(model, tuple(x.shape), backend=backend)
+        if refused:
+            return device.type, backend, GRAPH_CHECK, f"FAIL: {str(refused[0].message).splitlines()[0]}"
+        run.input.copy_(x)
+        got = run().clone()
+        with torch.inference_mode(), ops.use_backend("reference"):
+            torch.testing.assert_close(got, model.enhance(x), rtol=rtol, atol=atol)
+        return device.type, backend, GRAPH_CHECK, "pass"
+    except Exception as e:
+        return device.type, backend, GRAPH_CHECK, f"FAIL: {str(e).splitlines()[0]}"
 
 
 SANITIZER_TOOLS = ("memcheck", "racecheck")

@@ -1,7 +1,8 @@
-"""python -m sgllie.info: versions, backend status, and the self-check catching a wrong kernel."""
+"""python -m sgllie.info: versions, backend status, and the self-check catching a wrong kernel or graph."""
 import pytest
+import torch
 
-from sgllie import info
+from sgllie import graphs, info
 from sgllie.ops import reference
 
 
@@ -65,3 +66,38 @@ def test_an_interpreter_that_cannot_run_the_kernels_is_named(monkeypatch):
     assert ("interpreter cannot run the kernels" in kernels._interpreter_problem()) == numpy_refuses
     monkeypatch.setattr(kernels.triton, "__version__", "3.7.0")
     assert kernels._interpreter_problem() == ""
+
+
+class _Replay:
+    """A CPU stand-in for a captured graph: each replay recomputes ``fn`` into the output buffer,
+    plus ``error``."""
+    error = 0.0
+
+    def __init__(self, fn):
+        self.fn, self.output = fn, fn()
+
+    def replay(self):
+        with torch.inference_mode():  # (a real replay writes its inference-tensor output from anywhere)
+            self.output.copy_(self.fn() + self.error)
+
+
+@pytest.mark.parametrize("capture, error, result", [
+    ("stand-in", 0.0, "pass"),
+    ("stand-in", 1e-2, "FAIL: Tensor-likes are not close"),
+    ("refused", 0.0, "FAIL: sgllie.graphs: cannot capture the model"),
+])
+def test_graph_check_passes_a_faithful_capture_and_fails_a_refused_or_wrong_one(monkeypatch, capture, error,
+                                                                              result):
+    """info.graph_check, run on CUDA by --check, here on the CPU with a stand-in for the capture."""
+    def captured(fn, device, warmup):
+        if capture == "refused":
+            raise RuntimeError("no graphs here")
+        graph = _Replay(fn)
+        return graph, graph.output
+
+    monkeypatch.setattr(graphs, "_capturable", lambda x: True)
+    monkeypatch.setattr(graphs, "_captured", captured)
+    monkeypatch.setattr(_Replay, "error", error)
+    device, backend, name, got = info.graph_check(torch.device("cpu"), "reference")
+    assert (device, backend, name) == ("cpu", "reference", info.GRAPH_CHECK)
+    assert got.startswith(result), got
