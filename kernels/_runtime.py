@@ -281,11 +281,12 @@ def _key_function(kernel, params):
     """``(*args) -> tuple`` of each argument's key (_Shortcut): Triton's native specialisation
     written out inline where this Triton has one (>= 3.6), else a call of _specialise_as's per
     argument."""
+    from triton.backends.compiler import BaseBackend  # noqa: PLC0415
     from triton.runtime import jit  # noqa: PLC0415
 
     tuning = set(getattr(kernel, "keys", ()))
     native = getattr(jit, "native_specialize_impl", None)
-    namespace, keys = {"native": native, "backend": _backend_class()}, []
+    namespace, keys = {"native": native, "backend": BaseBackend}, []
     for j, param in enumerate(params):
         if param.is_constexpr or param.name in tuning:
             keys.append(f"a{j}")
@@ -298,11 +299,6 @@ def _key_function(kernel, params):
     arguments = ", ".join(f"a{j}" for j in range(len(params)))
     exec(f"def keys({arguments}):\n    return ({''.join(k + ', ' for k in keys)})", namespace)  # noqa: S102
     return namespace["keys"]
-
-
-def _backend_class():
-    from triton.backends.compiler import BaseBackend  # noqa: PLC0415
-    return BaseBackend
 
 
 @dataclass(frozen=True)

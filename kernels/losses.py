@@ -86,8 +86,9 @@ def _tile_count(scratch_ptr):
     return scratch_ptr.to(tl.pointer_type(tl.int32))
 
 
-COUNT_SLOTS = 1  # a scratch buffer's float64 slots before its partials: the count's (_tile_count)
-_COUNT_SLOTS = tl.constexpr(COUNT_SLOTS)  # (what a kernel may read of a global)
+# a scratch buffer's float64 slots before its partials: the count's (_tile_count); a constexpr, the
+# kind of global a kernel may read (the host reads .value)
+_COUNT_SLOTS = tl.constexpr(1)
 
 
 @triton.jit
@@ -382,7 +383,7 @@ def _terms(shape: torch.Size, patch: int, exposure_patch: int, spa: bool, exposu
     rows = H if colour else max(ph * P if spa else 0, eh * E if exposure else 0)
     bh, bw = _SPA_TILE
     spa_parts = n * cdiv(ph, bh) * cdiv(pw, bw) if spa else 0
-    delta_at = COUNT_SLOTS + spa_parts
+    delta_at = _COUNT_SLOTS.value + spa_parts
     part_at = delta_at + (n * ph * pw if spa else 0)
     most = max(math.prod(_pool_tiles(c.kwargs, rows, W, P, E)) for c in _zrl_pool.configs)
     return _Terms(P, E, n * ph * pw if spa else 0, n * eh * ew if exposure else 0, 3 * n if colour else 0,
@@ -558,7 +559,7 @@ def tv_loss(r: torch.Tensor) -> torch.Tensor:
     n, c, H, W = r.shape
     most = max(n * c * cdiv(H, cfg.kwargs["BAND"]) * cdiv(W, cfg.kwargs["BLOCK_W"])
                for cfg in _tv_fwd.configs)
-    scratch = torch.empty(COUNT_SLOTS + most, dtype=torch.float64, device=r.device)
+    scratch = torch.empty(_COUNT_SLOTS.value + most, dtype=torch.float64, device=r.device)
     grid = lambda meta: (n * c * cdiv(H, meta["BAND"]), cdiv(W, meta["BLOCK_W"]))  # noqa: E731
     launch(_tv_fwd, grid, r, scratch, H, W, COMPUTE=_compute(r.dtype))
     out = torch.empty((), dtype=r.dtype, device=r.device)
