@@ -23,6 +23,8 @@ import torch
 
 import sgllie
 from sgllie import ops
+from sgllie.graphs import StaticEnhance
+from sgllie.model import EnhanceNet
 from sgllie.ops import reference as R
 
 
@@ -103,9 +105,6 @@ def graph_check(device: torch.device, backend: str, rtol: float = 1e-3, atol: fl
     """The model's whole forward captured on ``backend`` (a random model; a frame of odd size, so the
     padding too) against the same model run plainly on the reference backend. A refused capture
     fails the check: StaticEnhance would compute the same result without one, and say so once."""
-    from .graphs import StaticEnhance  # noqa: PLC0415
-    from .model import EnhanceNet  # noqa: PLC0415
-
     try:
         model = EnhanceNet(scale_factor=4).to(device).eval()
         x = torch.rand(1, 3, 37, 50, device=device)

@@ -92,3 +92,34 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.triton)
         elif backend == "cuda_emu":
             item.add_marker(pytest.mark.cuda_emu)
+
+
+class _Replayed:
+    """A CPU stand-in for a captured CUDA graph of ``fn``: each replay recomputes it into the one output
+    buffer (as a replay overwrites it), plus ``error``."""
+
+    def __init__(self, fn, error: float):
+        self.fn, self.error, self.output = fn, error, fn()
+
+    def replay(self):
+        with torch.inference_mode():  # (a real replay writes its inference-tensor output from anywhere)
+            self.output.copy_(self.fn() + self.error)
+
+
+def stand_in_capture(monkeypatch, error: float = 0.0, refuse: bool = False) -> list:
+    """sgllie.graphs captures on CPU tensors too, through _Replayed (or, ``refuse``, a capture error):
+    the list each capture's (output shape, device type, warmup) is appended to."""
+    from sgllie import graphs  # noqa: PLC0415
+
+    captures = []
+
+    def captured(fn, device, warmup):
+        if refuse:
+            raise RuntimeError("no graphs here")
+        graph = _Replayed(fn, error)
+        captures.append((tuple(graph.output.shape), device.type, warmup))
+        return graph, graph.output
+
+    monkeypatch.setattr(graphs, "_capturable", lambda x: True)
+    monkeypatch.setattr(graphs, "_captured", captured)
+    return captures

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import sgllie
-from sgllie import graphs
 from sgllie.graphs import GraphedEnhance, StaticEnhance
 from sgllie.video import TemporalSmoother
-from conftest import assert_close
+from conftest import assert_close, stand_in_capture
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -44,33 +43,13 @@ def test_uncapturable_model_falls_back_with_one_warning(monkeypatch):
         assert_close(y, model.enhance(x))
 
 
-class _Replayed:
-    """A CPU stand-in for a captured graph of ``fn``: each replay recomputes it into the output buffer."""
-    captures: list = []
-
-    def __init__(self, fn):
-        self.fn, self.output = fn, fn()
-
-    def replay(self):
-        with torch.inference_mode():  # (a real replay writes its inference-tensor output from anywhere)
-            self.output.copy_(self.fn())
-
-
-def _stand_in_captured(fn, device, warmup):
-    graph = _Replayed(fn)
-    _Replayed.captures.append((tuple(graph.output.shape), device.type, warmup))
-    return graph, graph.output
-
-
 @pytest.fixture
-def stand_in_capture(monkeypatch):
-    _Replayed.captures = []
-    monkeypatch.setattr(graphs, "_capturable", lambda x: True)
-    monkeypatch.setattr(graphs, "_captured", _stand_in_captured)
-    return _Replayed.captures
+def captures(monkeypatch):
+    """Graphs captured on the CPU through the stand-in (conftest.stand_in_capture): the list of them."""
+    return stand_in_capture(monkeypatch)
 
 
-def test_only_the_working_resolution_network_is_captured(stand_in_capture):
+def test_only_the_working_resolution_network_is_captured(captures):
     """The graph takes the downscaled image (the frame itself is never copied into it); outputs
     are new tensors, not a graph's buffer that the next call overwrites."""
     torch.manual_seed(0)
@@ -78,13 +57,13 @@ def test_only_the_working_resolution_network_is_captured(stand_in_capture):
     enhance = GraphedEnhance(model)
     frames = [torch.rand(2, 3, 50, 61) for _ in range(3)]  # padded to 60 x 72 for the network
     outputs = [enhance(x) for x in frames]
-    assert stand_in_capture == [((2, 3, 5, 6), "cpu", 2)], "one capture, of the working-resolution network"
+    assert captures == [((2, 3, 5, 6), "cpu", 2)], "one capture, of the working-resolution network"
     with torch.inference_mode():
         for x, y in zip(frames, outputs):
             assert_close(y, model.enhance(x))
 
 
-def test_adjust_factor_map_sees_its_own_copy(stand_in_capture):
+def test_adjust_factor_map_sees_its_own_copy(captures):
     """A smoother that keeps the previous frame's r (as TemporalSmoother does) keeps it intact while
     the graph's output buffer is overwritten by the next frame."""
     torch.manual_seed(0)
@@ -124,7 +103,7 @@ def test_static_enhance_matches_the_model_in_its_fixed_buffers(device):
             assert_close(out.clone(), model.enhance(x))
 
 
-def test_static_enhance_replays_the_whole_forward(stand_in_capture):
+def test_static_enhance_replays_the_whole_forward(captures):
     """One capture, of the whole forward on the full-size frame, reading ``input`` at each replay."""
     torch.manual_seed(0)
     model = sgllie.EnhanceNet(scale_factor=12).eval()
@@ -134,15 +113,11 @@ def test_static_enhance_replays_the_whole_forward(stand_in_capture):
         run.input.copy_(x)
         with torch.inference_mode():
             assert_close(run().clone(), model.enhance(x))
-    assert stand_in_capture == [((1, 3, 50, 61), "cpu", 3)]
+    assert captures == [((1, 3, 50, 61), "cpu", 3)]
 
 
 def test_a_refused_capture_warns_once_at_the_callers_line_and_runs_plainly(monkeypatch):
-    def refuse(fn, device, warmup):
-        raise RuntimeError("no graphs here")
-
-    monkeypatch.setattr(graphs, "_capturable", lambda x: True)
-    monkeypatch.setattr(graphs, "_captured", refuse)
+    stand_in_capture(monkeypatch, refuse=True)
     model = sgllie.EnhanceNet(scale_factor=4).eval()
     x = torch.rand(1, 3, 16, 20)
     with torch.inference_mode():

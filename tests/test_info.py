@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from sgllie import graphs, info
+from sgllie import info
 from sgllie.ops import reference
+from conftest import stand_in_capture
 
 
 def test_info_lists_versions_and_backends(capsys):
@@ -68,19 +69,6 @@ def test_an_interpreter_that_cannot_run_the_kernels_is_named(monkeypatch):
     assert kernels._interpreter_problem() == ""
 
 
-class _Replay:
-    """A CPU stand-in for a captured graph: each replay recomputes ``fn`` into the output buffer,
-    plus ``error``."""
-    error = 0.0
-
-    def __init__(self, fn):
-        self.fn, self.output = fn, fn()
-
-    def replay(self):
-        with torch.inference_mode():  # (a real replay writes its inference-tensor output from anywhere)
-            self.output.copy_(self.fn() + self.error)
-
-
 @pytest.mark.parametrize("capture, error, result", [
     ("stand-in", 0.0, "pass"),
     ("stand-in", 1e-2, "FAIL: Tensor-likes are not close"),
@@ -89,15 +77,7 @@ class _Replay:
 def test_graph_check_passes_a_faithful_capture_and_fails_a_refused_or_wrong_one(monkeypatch, capture, error,
                                                                               result):
     """info.graph_check, run on CUDA by --check, here on the CPU with a stand-in for the capture."""
-    def captured(fn, device, warmup):
-        if capture == "refused":
-            raise RuntimeError("no graphs here")
-        graph = _Replay(fn)
-        return graph, graph.output
-
-    monkeypatch.setattr(graphs, "_capturable", lambda x: True)
-    monkeypatch.setattr(graphs, "_captured", captured)
-    monkeypatch.setattr(_Replay, "error", error)
+    stand_in_capture(monkeypatch, error=error, refuse=capture == "refused")
     device, backend, name, got = info.graph_check(torch.device("cpu"), "reference")
     assert (device, backend, name) == ("cpu", "reference", info.GRAPH_CHECK)
     assert got.startswith(result), got
