@@ -16,8 +16,9 @@ really launches can be seen.
   (benchmarks/results/host_overhead.md, measured under kernels/_stub_driver.py). So a launch goes
   through it once per specialisation (Triton's own, plus the autotuner's key); the kernel it
   compiled (and, autotuned, the config it chose) is kept, and later launches with the same
-  specialisation go straight to it through ``CompiledKernel[grid]``, Triton's launcher for a compiled
-  kernel (the same in Triton 3.3 to 3.9).
+  specialisation go straight to its launcher with the arguments ``CompiledKernel[grid]`` gives it
+  (the same in Triton 3.3 to 3.9), through ``CompiledKernel[grid]`` itself only while a launch hook
+  (a profiler's) wants Triton's launch metadata.
 """
 from __future__ import annotations
 
@@ -307,6 +308,29 @@ class _Compiled:
     meta: dict         # every parameter not passed positionally: the call's keywords, the chosen config's
     tail: tuple        # ... their values in the kernel's order, after the positional ones
 
+    def __call__(self, grid: tuple, device: int, args: tuple) -> None:
+        """What ``kernel[grid](*args, *tail)`` does, less its Python: where no launch hook is set (a
+        profiler's), Triton's launcher is called directly, with no launch metadata and no hooks to
+        call (Triton >= 3.4 otherwise builds the metadata and calls two empty hook chains a launch)."""
+        enter, leave = _launch_hooks()
+        if enter or leave:
+            self.kernel[grid](*args, *self.tail)
+            return
+        k = self.kernel
+        k.run(*grid, _driver.active.get_current_stream(device), k.function, k.packed_metadata, None, None, None,
+              *args, *self.tail)
+
+
+# where Triton keeps its launch hooks: knobs.runtime from Triton 3.4 on, CompiledKernel's attributes in 3.3
+_HOOKS = getattr(getattr(triton, "knobs", None), "runtime", CompiledKernel)
+
+
+def _launch_hooks() -> tuple:
+    """Triton's launch hooks as they are now (a profiler may set them at any time): each None, a
+    hook, or a hook chain's list of hooks (Triton >= 3.6: a chain, never None): false when none."""
+    enter, leave = _HOOKS.launch_enter_hook, _HOOKS.launch_exit_hook
+    return getattr(enter, "calls", enter), getattr(leave, "calls", leave)
+
 
 _shortcuts: dict[int, _Shortcut] = {}  # id(kernel) -> its shortcut (a JITFunction's own hash is Python: ~0.3 us)
 
@@ -315,7 +339,8 @@ def _launch_compiled(kernel, tuned: bool, fn, grid, args: tuple, kwargs: dict) -
     """``kernel[grid](*args, **kwargs)``, through Triton's launch path only the first time for a
     specialisation (see the module's docstring)."""
     shortcut = _shortcuts.get(id(kernel)) or _shortcuts.setdefault(id(kernel), _Shortcut(kernel, fn))
-    key = (_current_device(), *kwargs.items(), *shortcut.keys(len(args))(*args))
+    device = _current_device()
+    key = (device, *kwargs.items(), *shortcut.keys(len(args))(*args))
     found = None if _through_triton.get() else shortcut.compiled.get(key)
     if found is None:
         compiled = kernel[grid](*args, **kwargs)
@@ -325,7 +350,7 @@ def _launch_compiled(kernel, tuned: bool, fn, grid, args: tuple, kwargs: dict) -
         return
     if callable(grid):
         grid = grid(found.meta)
-    found.kernel[(*grid, 1, 1)[:3]](*args, *found.tail)
+    found((*grid, 1, 1)[:3], device, args)
 
 
 def _has_hooks(kernel) -> bool:

@@ -30,7 +30,10 @@ class Launch:
     build: str  # the compiled kernel's hash
     grid: tuple[int, int, int]
     args: tuple  # every parameter of the kernel, constexprs included, as Triton's launchers take them
+    context: tuple  # the stream, the loaded function and the packed metadata the launcher was given
 
+
+STREAM = 0x5EED  # the stub's current stream (not 0: a launcher given no stream would show)
 
 # where launches are recorded: the current stub_driver block's list, or None (the launchers of compiled
 # kernels outlive the block, in Triton's caches and sgllie's)
@@ -67,7 +70,7 @@ class _StubDriver:
         pass
 
     def get_current_stream(self, device=None):
-        return 0
+        return STREAM
 
     def get_current_target(self):
         return self._target
@@ -80,8 +83,12 @@ class _StubDriver:
 
         def launcher(grid_0, grid_1, grid_2, stream, function, packed_metadata, launch_metadata, enter_hook,
                      exit_hook, *args):
+            for hook in (enter_hook, exit_hook):  # as Triton's launchers call them, around the launch
+                if hook is not None:
+                    hook(launch_metadata)
             if _launches is not None:
-                _launches.append(Launch(name, build, (grid_0, grid_1, grid_2), args))
+                _launches.append(Launch(name, build, (grid_0, grid_1, grid_2), args,
+                                        (stream, function, packed_metadata)))
         return launcher
 
     def get_benchmarker(self):

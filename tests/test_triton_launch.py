@@ -27,7 +27,7 @@ def _summary(launch) -> tuple:
     """A launch with each tensor as what the kernel sees of it (dtype, shape, storage offset)."""
     args = tuple((a.dtype, tuple(a.shape), a.storage_offset()) if isinstance(a, torch.Tensor) else a
                  for a in launch.args)
-    return launch.kernel, launch.build, launch.grid, args
+    return launch.kernel, launch.build, launch.grid, args, launch.context
 
 
 def _training_ops(x: torch.Tensor) -> None:
@@ -85,6 +85,41 @@ def test_forced_configs_launch_what_tritons_would():
             tritons[index] = _launches(x, compiled_path=False)
     assert ours == tritons
     assert {launch[:2] for launch in tritons[0]} != {launch[:2] for launch in tritons[1]}
+
+
+@contextlib.contextmanager
+def _launch_enter_hook(hook):
+    """``hook`` as Triton's launch enter hook inside the block (a profiler's: proton sets one)."""
+    runtime = _runtime._HOOKS
+    chain = runtime.launch_enter_hook
+    if hasattr(chain, "add"):  # Triton >= 3.6: a chain of hooks
+        chain.add(hook)
+        try:
+            yield
+        finally:
+            chain.remove(hook)
+        return
+    runtime.launch_enter_hook = hook
+    try:
+        yield
+    finally:
+        runtime.launch_enter_hook = chain
+
+
+def test_launch_hooks_see_every_launch():
+    """A profiler's launch hook is called for the launches that take the shortcut too, with the
+    metadata Triton gives it (the kernel's name): those launches go through Triton's launcher."""
+    x = torch.rand(2, 3, 24, 40)
+    seen = []
+    with stub_driver() as launches:
+        _training_ops(x)  # compiled, and the shortcut's cache filled
+        del launches[:]
+        with _launch_enter_hook(lambda metadata: seen.append(metadata.get()["name"])):
+            _training_ops(x)
+        hooked = len(launches)
+        _training_ops(x)  # and none after the hook is gone
+    assert hooked >= 10 and len(launches) == 2 * hooked
+    assert seen == [launch.kernel for launch in launches[:hooked]]
 
 
 def test_a_new_specialisation_goes_through_triton():
