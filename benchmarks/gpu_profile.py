@@ -102,7 +102,7 @@ def forward_configs_4k(dtype=torch.float16, bench=do_bench_cudagraph, size=(180,
     """Each forward config of dsconv2d forced in turn on the 4K model's layers: what every config
     costs there, not only the autotuner's pick (its timings of the others are not kept). Each layer
     twice: NCHW, and channels-last as the model's inference runs it (the image and r NCHW)."""
-    tuned, _ = forward_kernel(dtype)
+    tuned = forward_kernel(dtype)
     print(f"\n| 4K layer, {str(dtype)[6:]}, us (x count) | " + " | ".join(
         f"config {k}: {c.kwargs['BLOCK_H']}x{c.kwargs['BLOCK_W']}, {c.num_warps} warps, taps {c.kwargs['TAPS']}"
         for k, c in enumerate(tuned.configs))

@@ -79,9 +79,20 @@ _FWD_SMALL_IMAGE_CONFIGS = (_configs((4, 16, 4), TAPS="loop", TAP_GROUP=1)
 # 16 channels a chunk in every config (the products' K). TAP_GROUP: taps per product channels-last
 # (counted, sm_90: the 64-pixel tiles' loop 330 -> 291 instructions with 4, 246 with 8, which spills
 # on sm_80; the larger tiles' loops grew with 2 or 4).
-_FWD_FLOAT16_CONFIGS = (_configs((8, 16, 4), stages=1, maxnreg=240, TAPS="products", TAP_GROUP=1)
-                        + _configs((4, 16, 4), stages=1, maxnreg=240, TAPS="products", TAP_GROUP=4)
-                        + _configs((16, 16, 8), stages=1, maxnreg=240, TAPS="products", TAP_GROUP=1))
+def _float16_products(cap: int) -> list[triton.Config]:
+    """The tap-product configs, the 8x16 and 16x16 tiles' registers capped at ``cap``."""
+    return (_configs((8, 16, 4), stages=1, maxnreg=cap, TAPS="products", TAP_GROUP=1)
+            + _configs((4, 16, 4), stages=1, maxnreg=240, TAPS="products", TAP_GROUP=4)
+            + _configs((16, 16, 8), stages=1, maxnreg=cap, TAPS="products", TAP_GROUP=1))
+
+
+# float16 channels-last in and out with every channel count whole chunks (the model's inner 32- and
+# 64-channel layers at inference) has a kernel of its own, whose 8x16 and 16x16 tap products are
+# capped at 128 registers where ptxas takes 132-136: no spills and the same loops for sm_90 and
+# sm_80 (NCHW or masked builds spill at 128). An SM then holds four programs of 4 warps where it held
+# three, two of 8 where it held one, and a 4K frame's layer at 1/12 scale (180 x 320: 460 8x16
+# tiles, 240 16x16) runs in one wave of programs, not two (counted, not timed).
+_FLOAT16_LAST_WHOLE = "float16, channels-last, whole chunks"
 # dz: its loop prefetches only pointwise weights: 2 stages.
 _DZ_CONFIGS = _configs((4, 16, 8), (8, 16, 4), (16, 16, 8), stages=2)
 # params: 1 stage: pipelined, its masked gathers went through shared memory (+15% instructions)
@@ -416,10 +427,11 @@ def _dsconv_fwd(x_ptr, x2_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, y_ptr, H, W, 
     tl.store(y_ptr + offs, y, mask=mask)
 
 
-# per input dtype (others: None)
-_FWD_KERNELS = {dtype: autotune(configs, key=_TUNE_KEY)(_dsconv_fwd) for dtype, configs in (
+# per input dtype (others: None), and float16's channels-last whole-chunk launches
+_FWD_KERNELS = {key: autotune(configs, key=_TUNE_KEY)(_dsconv_fwd) for key, configs in (
     (None, _FWD_CONFIGS + _FWD_SMALL_IMAGE_CONFIGS), (torch.float64, _FWD_CONFIGS),
-    (torch.float16, _FWD_CONFIGS + _FWD_SMALL_IMAGE_CONFIGS + _FWD_FLOAT16_CONFIGS))}
+    (torch.float16, _FWD_CONFIGS + _FWD_SMALL_IMAGE_CONFIGS + _float16_products(240)),
+    (_FLOAT16_LAST_WHOLE, _FWD_CONFIGS + _FWD_SMALL_IMAGE_CONFIGS + _float16_products(128)))}
 
 
 @triton.jit
@@ -634,9 +646,17 @@ def _chunks(c1: int, c2: int, o: int, chunk: int) -> dict:
     return dict(CHUNK=chunk, WHOLE=c1 % chunk == 0 and c2 % chunk == 0 and o == _block(o))
 
 
-def forward_kernel(dtype: torch.dtype) -> tuple[triton.runtime.Autotuner, int]:
-    """The autotuned forward kernel that inputs of ``dtype`` launch, and its channels per chunk."""
-    return _FWD_KERNELS.get(dtype, _FWD_KERNELS[None]), _PRODUCTS_CHUNK if dtype == torch.float16 else _CHUNK
+def forward_kernel(dtype: torch.dtype, last_whole: bool = False) -> triton.runtime.Autotuner:
+    """The autotuned forward kernel that inputs of ``dtype`` launch; ``last_whole``: channels-last in
+    and out, every channel count whole chunks (float16 has a kernel for those)."""
+    if dtype == torch.float16 and last_whole:
+        return _FWD_KERNELS[_FLOAT16_LAST_WHOLE]
+    return _FWD_KERNELS.get(dtype, _FWD_KERNELS[None])
+
+
+def forward_chunk(dtype: torch.dtype) -> int:
+    """The forward's channels per chunk for inputs of ``dtype``."""
+    return _PRODUCTS_CHUNK if dtype == torch.float16 else _CHUNK
 
 
 def _indexes_channels_last(x, x2, o) -> bool:
@@ -664,10 +684,11 @@ def dsconv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor, pw
     n, c1, H, W = x.shape
     y = torch.empty((n, o, H, W), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last if y_last else torch.contiguous_format)
-    kernel, chunk = forward_kernel(x.dtype)
+    chunks = _chunks(c1, c2, o, forward_chunk(x.dtype))
+    kernel = forward_kernel(x.dtype, x_last and y_last and chunks["WHOLE"])
     grid = lambda meta: (cdiv(H, meta["BLOCK_H"]) * cdiv(W, meta["BLOCK_W"]), n)  # noqa: E731
     launch(kernel, grid, x, x2, dw_weight, dw_bias, pw_weight, pw_bias, y, H, W, c1, c2, o, ACTIVATION=activation,
-           COMPUTE=compute, BLOCK_O=_block(o), X_LAST=x_last, Y_LAST=y_last, **_chunks(c1, c2, o, chunk))
+           COMPUTE=compute, BLOCK_O=_block(o), X_LAST=x_last, Y_LAST=y_last, **chunks)
     if y_last != (memory_format == torch.channels_last):  # float64, or too large an image
         y = y.contiguous(memory_format=memory_format)
     return y

@@ -43,7 +43,7 @@ def _config_indices(dtype: torch.dtype = torch.float32) -> range:
     ``dtype`` may run (modulo its count): dsconv2d's forward has a config set per dtype."""
     from sgllie.kernels._runtime import AUTOTUNED
     from sgllie.kernels.dsconv2d import _FWD_KERNELS, forward_kernel
-    forward, _ = forward_kernel(dtype)
+    forward = forward_kernel(dtype)
     others = [kernel for kernel in _FWD_KERNELS.values() if kernel is not forward]
     return range(max(len(kernel.configs) for kernel in AUTOTUNED if all(kernel is not o for o in others)))
 
@@ -145,12 +145,13 @@ def test_dsconv2d_channels_last_every_config(dtype, channels):
     some in groups of taps), on an image where each has interior tiles (no masks) and edge ones; x
     and x2 of whole chunks of channels, and of channels masked in a chunk."""
     from sgllie.kernels._runtime import use_config
-    from sgllie.kernels.dsconv2d import forward_kernel
+    from sgllie.kernels.dsconv2d import _chunks, forward_chunk, forward_kernel
     device = triton_device()
     x, x2, params = _dsconv2d_skip_case(device, dtype, 2, 35, 35, *channels)
     x, x2 = (t.contiguous(memory_format=torch.channels_last) for t in (x, x2))
     want = reference.dsconv2d(x.double(), *(p.double() for p in params), x2=x2.double(), activation="relu")
-    for k in range(len(forward_kernel(dtype)[0].configs)):
+    whole = _chunks(*channels, forward_chunk(dtype))["WHOLE"]  # (float16's own kernel when whole)
+    for k in range(len(forward_kernel(dtype, last_whole=whole).configs)):
         with use_config(k):
             y = ops.dsconv2d(x, *params, x2=x2, activation="relu", backend="triton")
         assert reference.is_channels_last(y)

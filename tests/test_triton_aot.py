@@ -144,6 +144,27 @@ def test_dry_run_specialises_as_the_jit():
     assert dict(one_row.signature)["H"] == "constexpr" and dict(one_row.constexprs)["H"] == 1
 
 
+def test_float16_channels_last_whole_layers_take_the_register_capped_forward(monkeypatch):
+    """The model's inner layers at inference (float16, channels-last, whole chunks of channels)
+    launch the forward whose 8x16 and 16x16 tap products are capped at 128 registers (a 4K frame's
+    layer in one wave); NCHW and masked launches never do: their builds spill at 128."""
+    if _backends.triton_interpreting():
+        pytest.skip("records compiled launches: run without TRITON_INTERPRET")
+    import triton_aot
+    monkeypatch.setenv("SGLLIE_CHECK_FINITE", "0")
+
+    def caps(c, o, last):
+        x = torch.rand(1, c, 9, 20, dtype=torch.float16)
+        x = x.contiguous(memory_format=torch.channels_last) if last else x
+        p = [torch.rand(s, dtype=torch.float16) for s in ((2 * c, 1, 3, 3), (2 * c,), (o, 2 * c, 1, 1), (o,))]
+        specs = triton_aot.specialisations(lambda: ops.dsconv2d(x, *p, x2=x, backend="triton"))
+        return {s.maxnreg for s in specs if dict(s.constexprs).get("TAPS") == "products"
+                and dict(s.constexprs)["TAP_GROUP"] == 1}
+
+    assert caps(32, 32, last=True) == {128}
+    assert 128 not in caps(32, 32, last=False) | caps(32, 3, last=True) | caps(5, 32, last=True)
+
+
 def test_host_overhead_rows_run_with_nothing_launched_or_recorded():
     """benchmarks/host_overhead.py times every row inside dry_run(record=False): each row runs (its
     op calls the Triton backend on CPU tensors), and nothing is launched or recorded."""
