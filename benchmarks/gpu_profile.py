@@ -101,8 +101,14 @@ _MODEL_LAYERS_4K = ((3, 0, 32, "relu", 1), (32, 0, 32, "relu", 3), (32, 32, 32, 
 def forward_configs_4k(dtype=torch.float16, bench=do_bench_cudagraph, size=(180, 320)) -> None:
     """Each forward config of dsconv2d forced in turn on the 4K model's layers: what every config
     costs there, not only the autotuner's pick (its timings of the others are not kept). Each layer
-    twice: NCHW, and channels-last as the model's inference runs it (the image and r NCHW)."""
+    twice: NCHW, and channels-last as the model's inference runs it (the image and r NCHW). The
+    channels-last rows of the whole-chunk layers run forward_kernel(dtype, last_whole=True)'s
+    config of the same index: the same tiles, its own register caps (the table says which)."""
     tuned = forward_kernel(dtype)
+    capped = {k: c.maxnreg for k, (c, d) in enumerate(zip(forward_kernel(dtype, last_whole=True).configs,
+                                                            tuned.configs)) if c.maxnreg != d.maxnreg}
+    print("\nchannels-last whole-chunk layers, register caps of their own: "
+          + (", ".join(f"config {k} at {cap}" for k, cap in capped.items()) or "none"))
     print(f"\n| 4K layer, {str(dtype)[6:]}, us (x count) | " + " | ".join(
         f"config {k}: {c.kwargs['BLOCK_H']}x{c.kwargs['BLOCK_W']}, {c.num_warps} warps, taps {c.kwargs['TAPS']}"
         for k, c in enumerate(tuned.configs))
