@@ -311,7 +311,8 @@ class _Compiled:
     def __call__(self, grid: tuple, device: int, args: tuple) -> None:
         """What ``kernel[grid](*args, *tail)`` does, less its Python: where no launch hook is set (a
         profiler's), Triton's launcher is called directly, with no launch metadata and no hooks to
-        call (Triton >= 3.4 otherwise builds the metadata and calls two empty hook chains a launch)."""
+        call (Triton >= 3.6, whose hooks are never None but chains, otherwise builds the metadata and
+        calls two empty hook chains a launch)."""
         enter, leave = _launch_hooks()
         if enter or leave:
             self.kernel[grid](*args, *self.tail)

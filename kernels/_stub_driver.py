@@ -83,12 +83,13 @@ class _StubDriver:
 
         def launcher(grid_0, grid_1, grid_2, stream, function, packed_metadata, launch_metadata, enter_hook,
                      exit_hook, *args):
-            for hook in (enter_hook, exit_hook):  # as Triton's launchers call them, around the launch
-                if hook is not None:
-                    hook(launch_metadata)
+            if enter_hook is not None:  # as Triton's launchers call the hooks: around the launch
+                enter_hook(launch_metadata)
             if _launches is not None:
                 _launches.append(Launch(name, build, (grid_0, grid_1, grid_2), args,
                                         (stream, function, packed_metadata)))
+            if exit_hook is not None:
+                exit_hook(launch_metadata)
         return launcher
 
     def get_benchmarker(self):
